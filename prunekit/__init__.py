@@ -1,0 +1,40 @@
+"""prunekit: neural-network pruning from first principles, in NumPy.
+
+    import prunekit as pk
+    (x, y), (xt, yt) = pk.data.load_digits()
+    model = pk.models.mlp([64, 128, 10], seed=0)
+    opt = pk.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pk.fit(model, pk.data.DataLoader(x, y, 64, shuffle=True, seed=0), opt, epochs=20)
+    pk.evaluate(model, (xt, yt))
+
+The core (tensor, functional, nn, optim, models, train) is imported eagerly and
+needs only NumPy. Heavier parts (pruning, sparse, quant, distributed, viz,
+widgets, data) are imported on first access, and numba kernels compile on first
+use, so ``import prunekit`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+from . import functional, models, nn, optim, tensor, train
+from .tensor import Tensor, gradcheck, no_grad
+from .train import evaluate, fit
+
+__version__ = "0.1.0"
+
+_LAZY = ("data", "pruning", "sparse", "quant", "distributed", "viz", "widgets")
+
+__all__ = ["Tensor", "no_grad", "gradcheck", "fit", "evaluate", "tensor", "functional", "nn", "optim",
+           "models", "train", *_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

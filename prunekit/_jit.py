@@ -1,0 +1,89 @@
+"""Lazy numba compilation, so that ``import prunekit`` never imports numba.
+
+A kernel is written as an ordinary Python function and decorated with
+:func:`njit`. Nothing happens at import time; the first call imports numba,
+compiles the function (with ``cache=True`` so later processes load it from
+disk) and from then on calls the compiled version.
+
+Two conveniences make kernels readable as plain Python:
+
+* a module may define ``prange = range``; when a kernel with ``parallel=True``
+  is compiled, that global is swapped for ``numba.prange``.
+* a kernel may call another lazy kernel of the same module by name; the callee
+  is compiled first and handed to numba as a compiled dispatcher.
+
+``kernel.py_func`` is the uncompiled function (useful in tests and debugging).
+"""
+from __future__ import annotations
+
+import threading
+
+__all__ = ["njit", "warmup_all"]
+
+_REGISTRY: list["LazyKernel"] = []
+_LOCK = threading.RLock()
+
+
+class LazyKernel:
+    """A function compiled by numba the first time it is called."""
+
+    def __init__(self, py_func, options):
+        self.py_func = py_func
+        self.options = {"cache": True, **options}
+        self._dispatcher = None
+        self.__name__ = py_func.__name__
+        self.__qualname__ = py_func.__qualname__
+        self.__doc__ = py_func.__doc__
+        self.__module__ = py_func.__module__
+        self.__wrapped__ = py_func
+        _REGISTRY.append(self)
+
+    def compiled(self):
+        """Return the numba dispatcher, compiling on first use."""
+        if self._dispatcher is None:
+            with _LOCK:
+                if self._dispatcher is None:
+                    import numba
+
+                    g = self.py_func.__globals__
+                    if self.options.get("parallel") and g.get("prange") is range:
+                        g["prange"] = numba.prange
+                    for name in self.py_func.__code__.co_names:
+                        callee = g.get(name)
+                        if isinstance(callee, LazyKernel):
+                            g[name] = callee.compiled()
+                    self._dispatcher = numba.njit(**self.options)(self.py_func)
+        return self._dispatcher
+
+    def __call__(self, *args):
+        d = self._dispatcher
+        if d is None:
+            d = self.compiled()
+        return d(*args)
+
+    def __repr__(self):
+        state = "compiled" if self._dispatcher is not None else "not yet compiled"
+        return f"<numba kernel {self.__qualname__} ({state})>"
+
+
+def njit(func=None, **options):
+    """Decorator: like ``numba.njit(cache=True, **options)`` but compiled lazily."""
+    if func is not None and callable(func):
+        return LazyKernel(func, options)
+    return lambda f: LazyKernel(f, options)
+
+
+def warmup_all(module_prefix: str = "prunekit") -> int:
+    """Compile every registered kernel whose module starts with ``module_prefix``.
+
+    Returns the number of kernels compiled. Kernels are compiled for the argument
+    types they are first called with, so this only imports numba and resolves
+    callees; typed compilation still happens on the first real call (and is then
+    cached on disk).
+    """
+    n = 0
+    for k in list(_REGISTRY):
+        if k.__module__.startswith(module_prefix):
+            k.compiled()
+            n += 1
+    return n

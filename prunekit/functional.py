@@ -1,0 +1,323 @@
+"""Differentiable functions of Tensors: activations, losses, linear, convolution, pooling.
+
+Most functions are compositions of the primitives in ``tensor.py`` (their
+gradients come for free). A few are single graph nodes with a hand-written
+backward because the fused form is much faster or more stable:
+``linear``, ``log_softmax``, ``cross_entropy``, ``conv2d``, ``max_pool2d`` and
+``avg_pool2d``. Their gradients are checked against finite differences in the
+tests like everything else.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _conv_kernels as K
+from ._validate import check_int, check_number, fail
+from .tensor import Tensor, is_grad_enabled
+
+__all__ = [
+    "relu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss",
+    "linear", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "batch_norm", "flatten", "im2col",
+]
+
+
+def _t(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _node(data, parents, op):
+    """An output Tensor that joins the graph only when an input needs gradients."""
+    needs = is_grad_enabled() and any(p is not None and p.requires_grad for p in parents)
+    parents = tuple(p for p in parents if p is not None) if needs else ()
+    return Tensor(data, requires_grad=needs, _parents=parents, _op=op)
+
+
+def _pair(name, v):
+    if isinstance(v, numbers.Integral):
+        v = (v, v)
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, numbers.Integral) for i in v)):
+        fail(name, "an int or a pair of ints", v, TypeError)
+    return int(v[0]), int(v[1])
+
+
+# ------------------------------------------------------------- activations
+def relu(x):
+    """max(x, 0)."""
+    return _t(x).relu()
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x))."""
+    return _t(x).sigmoid()
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return _t(x).tanh()
+
+
+def log_softmax(x, axis=-1):
+    """log(softmax(x)) = x - logsumexp(x), computed stably by subtracting the max first.
+
+    Backward: d/dx = g - softmax(x) * sum(g).
+    """
+    x = _t(x)
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    out_data = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    out = _node(out_data, (x,), "log_softmax")
+    if out.requires_grad:
+        def _backward():
+            g = out.grad
+            x._accumulate(g - np.exp(out_data) * g.sum(axis=axis, keepdims=True))
+        out._backward = _backward
+    return out
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``, via exp(log_softmax) for stability."""
+    return log_softmax(x, axis).exp()
+
+
+# ------------------------------------------------------------------ losses
+def _check_labels(labels, n_samples, n_classes):
+    labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind == "f" and labels.size and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            fail("labels", "an integer array of class indices", f"dtype {labels.dtype}", TypeError)
+    if labels.shape != (n_samples,):
+        fail("labels", f"a 1-D array with one label per row of logits (shape ({n_samples},))",
+             f"shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        fail("labels", f"class indices in the range [0, {n_classes - 1}]",
+             f"values in [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[label].
+
+    ``logits`` is (N, C); ``labels`` an integer array of N class indices.
+    One fused node: the gradient is (softmax(logits) - onehot(labels)) / N.
+    """
+    logits = _t(logits)
+    if logits.ndim != 2:
+        fail("logits", "a 2-D tensor (batch, classes)", f"shape {logits.shape}")
+    n, c = logits.shape
+    labels = _check_labels(labels, n, c)
+    z = logits.data
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(n)
+    out = _node(np.asarray(-logp[rows, labels].mean(), dtype=z.dtype), (logits,), "cross_entropy")
+    if out.requires_grad:
+        def _backward():
+            d = np.exp(logp)
+            d[rows, labels] -= 1
+            logits._accumulate(d * (out.grad / n))
+        out._backward = _backward
+    return out
+
+
+def nll_loss(log_probs, labels):
+    """Mean of -log_probs[i, labels[i]] (use after log_softmax)."""
+    log_probs = _t(log_probs)
+    labels = _check_labels(labels, log_probs.shape[0], log_probs.shape[1])
+    return -log_probs[np.arange(len(labels)), labels].mean()
+
+
+def mse_loss(pred, target):
+    """Mean squared error, mean((pred - target)^2); shapes must match."""
+    pred, target = _t(pred), _t(target)
+    if pred.shape != target.shape:
+        fail("target", f"an array of the same shape as pred {pred.shape}", f"shape {target.shape}")
+    diff = pred - target
+    return (diff * diff).mean()
+
+
+# ------------------------------------------------------------------ linear
+def linear(x, weight, bias=None):
+    """x @ weight.T + bias, with weight of shape (out_features, in_features).
+
+    One node: grad_x = g @ W, grad_W = g.T @ x, grad_b = sum of g over the batch.
+    Gradients that nobody needs (e.g. for the input images) are not computed.
+    """
+    x = _t(x)
+    if x.shape[-1] != weight.shape[1]:
+        fail("x", f"an input whose last dimension is in_features={weight.shape[1]}", f"shape {x.shape}")
+    data = x.data @ weight.data.T
+    if bias is not None:
+        data += bias.data
+    out = _node(data, (x, weight, bias), "linear")
+    if out.requires_grad:
+        def _backward():
+            g = out.grad
+            g2 = g.reshape(-1, g.shape[-1])
+            if weight.requires_grad:
+                weight._accumulate(g2.T @ x.data.reshape(-1, x.shape[-1]))
+            if bias is not None and bias.requires_grad:
+                bias._accumulate(g2.sum(axis=0))
+            if x.requires_grad:
+                x._accumulate(g @ weight.data)
+        out._backward = _backward
+    return out
+
+
+# ------------------------------------------------------------- convolution
+def im2col(x, kernel_size, stride=1, padding=0) -> np.ndarray:
+    """Unfold every (C, kh, kw) patch of ``x`` (N, C, H, W) into a row.
+
+    Returns an array of shape (N*OH*OW, C*kh*kw): row (n, oh, ow), column order
+    matching ``weight.reshape(out_channels, -1)``, so a convolution is one matrix
+    product ``cols @ weight.reshape(O, -1).T``.
+    """
+    x = x.data if isinstance(x, Tensor) else np.asarray(x)
+    kh, kw = _pair("kernel_size", kernel_size)
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    n, c, h, w = x.shape
+    oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
+    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    K.im2col_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    return cols
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with (O, C, kh, kw) ``weight``.
+
+    Computed as im2col followed by one matrix product; backward is the transposed
+    product followed by col2im (the adjoint of im2col).
+    """
+    x = _t(x)
+    if x.ndim != 4:
+        fail("x", "a 4-D tensor (N, C, H, W)", f"shape {x.shape}")
+    o, c, kh, kw = weight.shape
+    if x.shape[1] != c:
+        fail("x", f"an input with {c} channels (weight shape {weight.shape})", f"{x.shape[1]} channels")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    n, _, h, w = x.shape
+    oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
+    if oh < 1 or ow < 1:
+        fail("x", f"an input of at least the kernel size {(kh, kw)} after padding", f"shape {x.shape}")
+    cols = im2col(x.data, (kh, kw), (sh, sw), (ph, pw))
+    wmat = weight.data.reshape(o, -1)
+    y = cols @ wmat.T
+    if bias is not None:
+        y += bias.data
+    out = _node(np.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)), (x, weight, bias), "conv2d")
+    if out.requires_grad:
+        def _backward():
+            g = out.grad.transpose(0, 2, 3, 1).reshape(-1, o)
+            if weight.requires_grad:
+                weight._accumulate((g.T @ cols).reshape(weight.shape))
+            if bias is not None and bias.requires_grad:
+                bias._accumulate(g.sum(axis=0))
+            if x.requires_grad:
+                dx = np.empty(x.shape, dtype=x.dtype)
+                K.col2im_kernel(np.ascontiguousarray(g @ wmat), kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                x._accumulate(dx)
+        out._backward = _backward
+    return out
+
+
+# ---------------------------------------------------------------- pooling
+def _pool_args(x, kernel_size, stride):
+    if x.ndim != 4:
+        fail("x", "a 4-D tensor (N, C, H, W)", f"shape {x.shape}")
+    kh, kw = _pair("kernel_size", kernel_size)
+    sh, sw = _pair("stride", kernel_size if stride is None else stride)
+    oh, ow = K.out_size(x.shape[2], kh, sh, 0), K.out_size(x.shape[3], kw, sw, 0)
+    if min(kh, kw, sh, sw) < 1 or oh < 1 or ow < 1:
+        fail("kernel_size", f"a positive window no larger than the input {x.shape[2:]}", (kh, kw))
+    return kh, kw, sh, sw, oh, ow
+
+
+def max_pool2d(x, kernel_size, stride=None):
+    """Maximum over each kh x kw window (stride defaults to the window size).
+
+    Backward sends each gradient to the input that won its window (first one on ties).
+    """
+    x = _t(x)
+    kh, kw, sh, sw, oh, ow = _pool_args(x, kernel_size, stride)
+    xd = np.ascontiguousarray(x.data)
+    y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)
+    K.max_pool_kernel(xd, kh, kw, sh, sw, y, arg)
+    out = _node(y, (x,), "max_pool2d")
+    if out.requires_grad:
+        def _backward():
+            dx = np.empty(x.shape, dtype=x.dtype)
+            K.max_pool_backward_kernel(np.ascontiguousarray(out.grad), arg, kh, kw, sh, sw, dx)
+            x._accumulate(dx)
+        out._backward = _backward
+    return out
+
+
+def avg_pool2d(x, kernel_size, stride=None):
+    """Mean over each kh x kw window; backward spreads each gradient evenly over its window."""
+    x = _t(x)
+    kh, kw, sh, sw, oh, ow = _pool_args(x, kernel_size, stride)
+    win = np.lib.stride_tricks.sliding_window_view(x.data, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    out = _node(win.mean(axis=(-2, -1)).astype(x.dtype, copy=False), (x,), "avg_pool2d")
+    if out.requires_grad:
+        def _backward():
+            share = out.grad / (kh * kw)
+            dx = np.zeros(x.shape, dtype=x.dtype)
+            for a in range(kh):
+                for b in range(kw):
+                    dx[:, :, a:a + sh * oh:sh, b:b + sw * ow:sw] += share
+            x._accumulate(dx)
+        out._backward = _backward
+    return out
+
+
+# ---------------------------------------------------------- normalisation
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Batch normalisation (Ioffe & Szegedy 2015) over the batch (and spatial) axes.
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias. In training the batch statistics
+    are used and the running ones updated in place (unbiased variance, as PyTorch);
+    in evaluation the running statistics are used.
+    """
+    x = _t(x)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    if training:
+        mean = x.mean(axis=axes, keepdims=True)
+        centred = x - mean
+        var = (centred * centred).mean(axis=axes, keepdims=True)
+        m = x.size // x.shape[1]
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean.data.reshape(-1)
+        running_var *= 1 - momentum
+        running_var += momentum * var.data.reshape(-1) * (m / max(m - 1, 1))
+    else:
+        centred = x - running_mean.reshape(shape)
+        var = Tensor(running_var.reshape(shape))
+    y = centred / (var + eps).sqrt()
+    if weight is not None:
+        y = y * weight.reshape(shape) + bias.reshape(shape)
+    return y
+
+
+# ------------------------------------------------------------------- misc
+def dropout(x, p=0.5, training=True, rng=None):
+    """Zero each entry with probability ``p`` and scale the rest by 1/(1-p) (inverted dropout)."""
+    check_number("p", p, 0, 1, "[)")
+    x = _t(x)
+    if not training or p == 0:
+        return x
+    rng = rng if rng is not None else np.random.default_rng()
+    keep = (rng.random(x.shape) >= p).astype(x.dtype) / (1 - p)
+    return x * keep
+
+
+def flatten(x, start_dim=1):
+    """Merge all axes from ``start_dim`` on into one."""
+    x = _t(x)
+    check_int("start_dim", start_dim, 0, max(x.ndim - 1, 0))
+    return x.reshape(x.shape[:start_dim] + (-1,))
