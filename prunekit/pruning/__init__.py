@@ -1,0 +1,33 @@
+"""Pruning: importance scores, masks, unstructured pruning, schedules, lottery tickets, sensitivity.
+
+    from prunekit import pruning
+    report = pruning.prune(model, 0.9, score="magnitude", scope="global")
+    print(report)                            # per-layer and total sparsity
+    pruning.masks(model)                     # {"0.weight": mask, ...}: 1 kept, 0 pruned
+    pruning.prune(model, 0.5, score="taylor", data=(x, y))   # again: half of what is left
+    pruning.remove(model)                    # keep the zeros, drop the masks
+
+Modules, in reading order: ``ranking`` (scores -> masks, torch's counting rules),
+``scores`` (the importance-score registry), ``unstructured`` (prune a model),
+``schedules`` (iterative, AGP, learning-rate rewinding), ``lottery`` (lottery
+tickets), ``sensitivity`` (per-layer scans).
+"""
+from .ranking import bottom_k_mask, global_masks, layer_masks, n_to_prune
+from .scores import (MovementTracker, ScoreContext, available_scores, compute_scores, get_score,
+                     reduce_groups, register_score)
+from .unstructured import (SparsityReport, apply_masks, batch_prune, is_pruned, masks, prunable_layers, prune,
+                           prune_to, remove, set_mask, sparsity)
+from .schedules import AGP, agp_sparsity, iterative_prune, rewind_learning_rate, sparsity_schedule
+from .lottery import LotteryResult, WeightSnapshot, lottery_ticket, rewind_weights
+from .sensitivity import SensitivityResult, plot_sensitivity, sensitivity_scan
+
+__all__ = [
+    "prune", "prune_to", "batch_prune", "masks", "sparsity", "remove", "is_pruned", "apply_masks", "set_mask",
+    "prunable_layers", "SparsityReport",
+    "register_score", "available_scores", "get_score", "compute_scores", "ScoreContext", "MovementTracker",
+    "reduce_groups",
+    "n_to_prune", "bottom_k_mask", "layer_masks", "global_masks",
+    "AGP", "agp_sparsity", "sparsity_schedule", "iterative_prune", "rewind_learning_rate",
+    "lottery_ticket", "LotteryResult", "WeightSnapshot", "rewind_weights",
+    "sensitivity_scan", "SensitivityResult", "plot_sensitivity",
+]

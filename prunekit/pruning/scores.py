@@ -1,0 +1,503 @@
+"""Importance scores: a number per weight saying how much the weight matters.
+
+Pruning removes the weights with the *smallest* scores. A score is a function
+``fn(ctx) -> {name: array}`` that receives a :class:`ScoreContext` (the weights,
+the model, the data, the loss, a random generator) and returns one array per
+weight, of the weight's shape. The built-in scores live in a registry; add your own::
+
+    @pruning.register_score("cubic")
+    def cubic(ctx):
+        return {name: np.abs(w) ** 3 for name, w in ctx.weights.items()}
+
+    pruning.prune(model, 0.5, score="cubic")
+
+Built-in scores (``ΔL_j`` is the change of the loss on ``data`` when weight
+``w_j`` is set to zero; ``g`` the gradient of the loss):
+
+============  ===================================================  ===========================
+name          score of weight j                                    from
+============  ===================================================  ===========================
+magnitude     ``|w_j|``                                            Han et al. 2015 (L1)
+l2            ``|w_j|``; groups are reduced with sqrt(sum s^2)     Li et al. 2017 (groups)
+random        uniform random numbers (seeded) -- the baseline
+gradient      ``mean_b |g_j|`` over the batches of ``data``
+taylor        ``|w_j * g_j|`` = first-order estimate of |ΔL_j|     Molchanov et al. 2017
+obd           ``0.5 * w_j^2 * H_jj``, H_jj ~ Fisher mean of g^2    LeCun et al. 1990 (OBD)
+snip          ``|w_j g_j| / sum_k |w_k g_k|``                      Lee et al. 2019 (SNIP)
+movement      ``-w_j * sum_b g_j``  (or a :class:`MovementTracker`)  Sanh et al. 2020
+oracle        ``ΔL_j`` exactly (one loss evaluation per weight)    brute force
+============  ===================================================  ===========================
+
+Gradients are computed with the model in ``eval()`` mode (no dropout, batch norm
+uses its running statistics); the training flags and any ``.grad`` the
+parameters held are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections import OrderedDict
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .. import functional as F
+from ..tensor import Tensor, no_grad
+from .._validate import check_int, check_option, fail
+from ..train import Callback
+
+__all__ = [
+    "ScoreSpec", "ScoreContext", "register_score", "get_score", "available_scores", "compute_scores",
+    "as_batches", "resolve_loss", "reduce_groups", "MovementTracker", "DATA_FREE_SCORES",
+]
+
+LOSSES = ("cross_entropy", "mse")
+
+
+class ScoreSpec(NamedTuple):
+    """A registered score: its function and whether it needs ``data``."""
+
+    name: str
+    fn: Callable
+    needs_data: bool
+    group_reduce: str  # how element scores combine over a group: "sum" (L1) or "l2"
+    doc: str
+
+
+_REGISTRY: "OrderedDict[str, ScoreSpec]" = OrderedDict()
+
+
+def register_score(name, fn=None, *, needs_data=False, group_reduce="sum", overwrite=False):
+    """Add a score ``fn(ctx) -> {name: array}`` to the registry (usable as a decorator).
+
+    ``needs_data=True`` makes :func:`prune` refuse to run it without ``data``.
+    ``group_reduce`` ("sum" or "l2") says how element scores combine over a group
+    of weights in structured pruning. Re-registering a name needs ``overwrite=True``.
+    """
+    if not isinstance(name, str) or not name:
+        fail("name", "a non-empty string", name, TypeError)
+    check_option("group_reduce", group_reduce, ("sum", "l2"))
+
+    def add(f):
+        if not callable(f):
+            fail("fn", "a callable fn(ctx) -> {name: array}", f, TypeError)
+        if name in _REGISTRY and not overwrite:
+            fail("name", f"a new score name (pass overwrite=True to replace {name!r})", name)
+        doc = (f.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = ScoreSpec(name, f, bool(needs_data), group_reduce, doc)
+        return f
+
+    return add if fn is None else add(fn)
+
+
+def available_scores():
+    """Names of the registered scores."""
+    return list(_REGISTRY)
+
+
+def get_score(score):
+    """Turn a name, a :class:`ScoreSpec` or a callable into a :class:`ScoreSpec`."""
+    if isinstance(score, ScoreSpec):
+        return score
+    if isinstance(score, str):
+        if score not in _REGISTRY:
+            check_option("score", score, tuple(_REGISTRY))
+        return _REGISTRY[score]
+    if callable(score):
+        name = getattr(score, "__name__", type(score).__name__)
+        return ScoreSpec(name, score, bool(getattr(score, "needs_data", False)), "sum", "")
+    fail("score", f"a score name (one of {available_scores()}), a callable fn(ctx) or a dict of arrays",
+         type(score).__name__, TypeError)
+
+
+# ------------------------------------------------------------------ data and loss
+def _is_pair(data):
+    return (isinstance(data, tuple) and len(data) == 2
+            and isinstance(data[0], np.ndarray) and not isinstance(data[0], tuple))
+
+
+def as_batches(data, batch_size=256):
+    """Yield ``(x, y)`` batches from an ``(x, y)`` pair of arrays, a DataLoader or a list of pairs."""
+    if _is_pair(data):
+        x, y = data
+        y = np.asarray(y)
+        if len(x) != len(y):
+            fail("data", "an (x, y) pair with as many targets as inputs", f"{len(x)} inputs, {len(y)} targets")
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    try:
+        it = iter(data)
+    except TypeError:
+        fail("data", "an (x, y) pair of arrays or a DataLoader", type(data).__name__, TypeError)
+    for item in it:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            fail("data", "an (x, y) pair of arrays or an iterable of (x, y) batches",
+                 f"an iterable of {type(item).__name__}", TypeError)
+        yield item
+
+
+def _mse(pred, target):
+    target = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if target.shape != pred.shape and target.size == pred.size:
+        target = target.reshape(pred.shape)  # (N,) targets for an (N, 1) output
+    return F.mse_loss(pred, target.astype(pred.dtype, copy=False))
+
+
+def resolve_loss(loss):
+    """"cross_entropy" -> F.cross_entropy, "mse" -> mean squared error; a callable is kept."""
+    if callable(loss):
+        return loss
+    check_option("loss", loss, LOSSES)
+    return F.cross_entropy if loss == "cross_entropy" else _mse
+
+
+@contextlib.contextmanager
+def _scoring(model, params):
+    """Eval mode and fresh gradients inside; training flags and old grads restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            object.__setattr__(m, "training", t)
+        for p, g in grads:
+            p.grad = g
+
+
+# ------------------------------------------------------------------ context
+class ScoreContext:
+    """Everything a score function may use; gradient statistics are computed once and cached.
+
+    Attributes: ``model``, ``params`` (name -> Parameter), ``weights`` (name -> ndarray,
+    the live ``param.data``), ``masks`` (name -> mask or None), ``data``, ``loss``
+    (a function ``loss(output, y) -> Tensor``), ``rng`` (numpy Generator), ``options``
+    (extra keyword arguments given to :func:`prune`), ``score_name``.
+    """
+
+    def __init__(self, model, params, data=None, loss="cross_entropy", seed=None, options=None,
+                 score_name="score"):
+        self.model = model
+        self.params = OrderedDict(params)
+        self.data = data
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
+        self.loss = resolve_loss(loss)
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.options = dict(options or {})
+        self.score_name = score_name
+        self._cache = {}
+
+    @property
+    def weights(self):
+        return OrderedDict((n, p.data) for n, p in self.params.items())
+
+    @property
+    def masks(self):
+        return OrderedDict((n, p.mask) for n, p in self.params.items())
+
+    def option(self, key, default):
+        return self.options.get(key, default)
+
+    def require_data(self):
+        if self.data is None:
+            fail("data", f"an (x, y) pair or a DataLoader for score {self.score_name!r} "
+                 "(it needs gradients or losses on data)", None)
+
+    def batches(self):
+        """Iterate over the ``(x, y)`` batches of ``data``."""
+        self.require_data()
+        yield from as_batches(self.data, self.option("batch_size", 256))
+
+    # ---- losses and gradients
+    def batch_loss(self, x, y):
+        """The loss Tensor of one batch (builds the graph)."""
+        return self.loss(self.model(x), y)
+
+    def loss_value(self, batches=None):
+        """Mean loss over all samples of ``data`` (float), with gradients off."""
+        total, n = 0.0, 0
+        with no_grad(), _scoring(self.model, self.params):
+            for x, y in (batches if batches is not None else self.batches()):
+                total += float(self.batch_loss(x, y).item()) * len(x)
+                n += len(x)
+        return total / max(n, 1)
+
+    def batch_gradients(self):
+        """Yield ``(batch_size, {name: gradient of the batch's mean loss})`` for each batch."""
+        with _scoring(self.model, self.params):
+            for x, y in self.batches():
+                for p in self.model.parameters():
+                    p.grad = None
+                self.batch_loss(x, y).backward()
+                yield len(x), {n: (np.zeros_like(p.data) if p.grad is None else np.array(p.grad, np.float64))
+                               for n, p in self.params.items()}
+
+    def _gradient_stats(self):
+        if "mean" not in self._cache:
+            mean = {n: 0.0 for n in self.params}
+            mean_abs = {n: 0.0 for n in self.params}
+            summed = {n: 0.0 for n in self.params}
+            total = 0
+            for b, grads in self.batch_gradients():
+                for n, g in grads.items():
+                    mean[n] = mean[n] + b * g
+                    mean_abs[n] = mean_abs[n] + b * np.abs(g)
+                    summed[n] = summed[n] + g
+                total += b
+            if total == 0:
+                fail("data", "at least one sample", "an empty dataset")
+            self._cache["mean"] = {n: g / total for n, g in mean.items()}
+            self._cache["mean_abs"] = {n: g / total for n, g in mean_abs.items()}
+            self._cache["sum"] = summed
+        return self._cache
+
+    def mean_gradient(self):
+        """Gradient of the mean loss over all of ``data``: sum_b |b| g_b / N."""
+        return self._gradient_stats()["mean"]
+
+    def mean_abs_gradient(self):
+        """Average over batches (weighted by batch size) of the absolute batch gradient |g_b|."""
+        return self._gradient_stats()["mean_abs"]
+
+    def fisher_diagonal(self):
+        """Empirical Fisher diagonal: mean over samples of (d loss_i / d w)^2.
+
+        For a loss that is a mean of per-sample log-likelihoods this is the
+        Gauss-Newton / Fisher estimate of the Hessian diagonal near a minimum.
+        Uses one backward pass per sample, on at most ``max_samples`` samples
+        (an option of :func:`prune`, default 256).
+        """
+        if "fisher" not in self._cache:
+            limit = check_int("max_samples", self.option("max_samples", 256), 1)
+            acc = {n: 0.0 for n in self.params}
+            count = 0
+            with _scoring(self.model, self.params):
+                for x, y in self.batches():
+                    for i in range(len(x)):
+                        if count >= limit:
+                            break
+                        for p in self.model.parameters():
+                            p.grad = None
+                        self.batch_loss(x[i:i + 1], y[i:i + 1]).backward()
+                        for n, p in self.params.items():
+                            if p.grad is not None:
+                                acc[n] = acc[n] + np.asarray(p.grad, np.float64) ** 2
+                        count += 1
+                    if count >= limit:
+                        break
+            if count == 0:
+                fail("data", "at least one sample", "an empty dataset")
+            self._cache["fisher"] = {n: (a / count if not np.isscalar(a) else np.zeros(self.params[n].shape))
+                                     for n, a in acc.items()}
+        return self._cache["fisher"]
+
+
+def reduce_groups(scores, axes, how="sum"):
+    """Combine element scores over ``axes`` (e.g. a neuron's row): sum (L1) or sqrt(sum s^2) (L2)."""
+    check_option("how", how, ("sum", "l2"))
+    scores = np.asarray(scores, dtype=np.float64)
+    if how == "sum":
+        return np.abs(scores).sum(axis=axes)
+    return np.sqrt((scores ** 2).sum(axis=axes))
+
+
+# ------------------------------------------------------------------ built-in scores
+@register_score("magnitude")
+def magnitude(ctx):
+    """|w|: small weights matter least (Han et al. 2015)."""
+    return {n: np.abs(w) for n, w in ctx.weights.items()}
+
+
+@register_score("l2", group_reduce="l2")
+def l2(ctx):
+    """|w| per weight; a group (neuron, channel) is scored by its L2 norm sqrt(sum w^2) (Li et al. 2017)."""
+    return {n: np.abs(w) for n, w in ctx.weights.items()}
+
+
+@register_score("random")
+def random(ctx):
+    """Uniform random numbers from ``seed``: the baseline every score must beat."""
+    return {n: ctx.rng.random(w.shape) for n, w in ctx.weights.items()}
+
+
+@register_score("gradient", needs_data=True)
+def gradient(ctx):
+    """mean over batches of |dL/dw|: how strongly the loss reacts to the weight."""
+    return ctx.mean_abs_gradient()
+
+
+@register_score("taylor", needs_data=True)
+def taylor(ctx):
+    """|w * g|: first-order Taylor estimate of the loss change when w is removed (Molchanov et al. 2017).
+
+    Removing w_j means dw_j = -w_j, so dL ~ g_j * (-w_j); g is the gradient of the
+    mean loss over all of ``data``.
+    """
+    g = ctx.mean_gradient()
+    return {n: np.abs(w * g[n]) for n, w in ctx.weights.items()}
+
+
+@register_score("obd", needs_data=True)
+def obd(ctx):
+    """0.5 * w^2 * H_jj: second-order saliency of Optimal Brain Damage (LeCun et al. 1990).
+
+    At a minimum the gradient term vanishes and dL ~ 0.5 * H_jj * w_j^2; the Hessian
+    diagonal is estimated by the empirical Fisher, mean_i (d loss_i / d w_j)^2.
+    """
+    h = ctx.fisher_diagonal()
+    return {n: 0.5 * w.astype(np.float64) ** 2 * h[n] for n, w in ctx.weights.items()}
+
+
+@register_score("snip", needs_data=True)
+def snip(ctx):
+    """|w g| / sum |w g|: connection sensitivity at initialisation (Lee et al. 2019).
+
+    SNIP multiplies each weight by a gate c_j = 1; dL/dc_j = w_j g_j. The scores are
+    normalised to sum to 1 over all scored weights (that does not change the ranking).
+    """
+    g = ctx.mean_gradient()
+    s = {n: np.abs(w * g[n]) for n, w in ctx.weights.items()}
+    total = sum(float(v.sum()) for v in s.values())
+    return {n: v / total if total > 0 else v for n, v in s.items()}  # all zero: nothing to normalise
+
+
+@register_score("movement", needs_data=True)
+def movement(ctx):
+    """-w * sum_b g_b: weights moving away from zero matter (Sanh et al. 2020).
+
+    Movement pruning accumulates S_j = -sum_t g_j(t) w_j(t) during fine-tuning; use a
+    :class:`MovementTracker` callback for that (``score=tracker``). Without one, this
+    accumulates over the batches of ``data`` at the current weights.
+    """
+    g_sum = ctx._gradient_stats()["sum"]
+    return {n: -w * g_sum[n] for n, w in ctx.weights.items()}
+
+
+@register_score("oracle", needs_data=True)
+def oracle(ctx):
+    """ΔL_j = L(w with w_j = 0) - L(w) on ``data``, exactly, one weight at a time.
+
+    The loss is evaluated once per unpruned weight, in float64, so this is only for
+    small layers (at most ``max_weights`` unpruned weights, option, default 10000).
+    It is the ground truth the cheap scores are graded against. Already-pruned
+    weights score 0. A negative ΔL means removing the weight *lowers* the loss.
+    """
+    limit = check_int("max_weights", ctx.option("max_weights", 10_000), 1)
+    n_alive = sum(int(p.size if p.mask is None else (p.mask != 0).sum()) for p in ctx.params.values())
+    if n_alive > limit:
+        fail("score", f"a cheaper score than 'oracle' for more than max_weights={limit} weights "
+             "(it evaluates the loss once per weight; pass max_weights=... to raise the limit)",
+             f"'oracle' on {n_alive} weights")
+    batches = list(ctx.batches())
+    originals = [(p, p.data) for p in ctx.model.parameters()]
+    try:
+        for p, d in originals:          # float64 so tiny loss changes are not lost in rounding
+            p.data = d.astype(np.float64)
+        batches64 = [(np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else x, y)
+                     for x, y in batches]
+        base = ctx.loss_value(batches64)
+        out = {}
+        for n, p in ctx.params.items():
+            s = np.zeros(p.shape)
+            flat, sflat = p.data.reshape(-1), s.reshape(-1)
+            alive = np.ones(p.size, bool) if p.mask is None else p.mask.reshape(-1) != 0
+            for j in np.flatnonzero(alive):
+                old = flat[j]
+                if old == 0:
+                    continue
+                flat[j] = 0.0
+                sflat[j] = ctx.loss_value(batches64) - base
+                flat[j] = old
+            out[n] = s
+    finally:
+        for p, d in originals:
+            p.data = d
+    return out
+
+
+DATA_FREE_SCORES = ("magnitude", "l2", "random")
+
+
+# ------------------------------------------------------------------ movement tracker
+class MovementTracker(Callback):
+    """Training callback that accumulates movement scores S = -sum_t g(t) * w(t) (Sanh et al. 2020).
+
+    Attach it to :func:`prunekit.train.fit`, then prune with ``score=tracker``.
+    ``w(t)`` is the weight *before* step t (the one the gradient was computed at).
+    """
+
+    needs_data = False
+
+    def __init__(self, layers=None):
+        self.layers = layers
+        self.scores = None
+        self._before = None
+        self.__name__ = "movement"
+
+    def on_train_begin(self, state):
+        from ._targets import select_weights
+        self.params = select_weights(state.model, self.layers)
+        if self.scores is None:
+            self.scores = OrderedDict((n, np.zeros(p.shape)) for n, p in self.params.items())
+        self._before = {n: p.data.copy() for n, p in self.params.items()}
+
+    def on_batch_end(self, state):
+        for n, p in self.params.items():
+            if p.grad is not None:
+                g = p.grad if p.mask is None else p.grad * p.mask
+                self.scores[n] -= g * self._before[n]
+            self._before[n][...] = p.data
+
+    def reset(self):
+        """Forget the accumulated scores."""
+        self.scores = None
+
+    def __call__(self, ctx):
+        if self.scores is None:
+            fail("score", "a MovementTracker that was used in training (fit(..., callbacks=[tracker]))",
+                 "a tracker with no accumulated scores")
+        missing = [n for n in ctx.params if n not in self.scores]
+        if missing:
+            fail("layers", f"layers the MovementTracker followed ({list(self.scores)})", missing)
+        return {n: self.scores[n] for n in ctx.params}
+
+
+# ------------------------------------------------------------------ public entry
+def compute_scores(model, score="magnitude", layers=None, data=None, loss="cross_entropy", seed=None,
+                   **options):
+    """Scores of the chosen weights as a dict ``"<layer>.weight" -> array`` (for plots and grading)."""
+    from ._targets import select_weights
+    params = select_weights(model, layers)
+    return _run_score(model, params, score, data, loss, seed, options)
+
+
+def _run_score(model, params, score, data, loss, seed, options):
+    """Evaluate ``score`` (name, callable or dict of arrays) and check what it returned."""
+    if isinstance(score, dict):
+        name, scores = "dict", score
+    else:
+        spec = get_score(score)
+        name = spec.name
+        resolve_loss(loss)
+        if spec.needs_data and data is None:
+            fail("data", f"an (x, y) pair or a DataLoader for score {name!r} (it needs gradients or losses "
+                 f"on data; data-free scores: {list(DATA_FREE_SCORES)})", None)
+        ctx = ScoreContext(model, params, data, loss, seed, options, name)
+        scores = spec.fn(ctx)
+    if not isinstance(scores, dict):
+        fail("score", "a function returning a dict {name: array}", type(scores).__name__, TypeError)
+    out = OrderedDict()
+    for n, p in params.items():
+        if n not in scores:
+            fail("score", f"scores for every chosen weight (missing {n!r})", sorted(scores))
+        s = np.asarray(scores[n])
+        if s.shape != p.shape:
+            fail("score", f"an array of shape {p.shape} for {n!r}", f"shape {s.shape}")
+        if s.dtype.kind not in "fiub":
+            fail("score", f"a numeric array for {n!r}", str(s.dtype), TypeError)
+        if np.isnan(s).any():
+            fail("score", f"finite values for {n!r} (score {name!r})", "NaN")
+        out[n] = s
+    return out
