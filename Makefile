@@ -1,0 +1,74 @@
+# prunekit: two commands for a learner, `make lab` and `make test`.
+#
+#   make lab      create .venv (once), install prunekit + JupyterLab, open the course
+#   make test     create .venv (once), install the test tools, run every test in one pytest run
+#   make bench    install the benchmark extras (scipy, torch CPU) and run benchmarks/*.py
+#   make clean    remove caches and build leftovers;  make distclean  also removes .venv
+#
+# Installs are skipped when nothing changed: a stamp file in .venv is newer than pyproject.toml.
+# Choose the interpreter with e.g. `make test PYTHON=python3.11` (Python >= 3.10 is required).
+
+PYTHON ?= python3
+VENV   ?= .venv
+JOBS   ?= 2
+PYTEST_ARGS ?=
+
+PY  := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+# Test folders that exist (notebooks/ may not yet).
+TEST_PATHS := $(wildcard tests notebooks)
+NOTEBOOK_DIR := $(if $(wildcard notebooks),notebooks,.)
+
+.PHONY: lab test bench clean distclean venv
+
+venv: $(PY)
+
+# Create the virtual environment, after checking the interpreter is new enough.
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "error: prunekit needs Python >= 3.10, but PYTHON=$(PYTHON) is:" \
+	       "$$($(PYTHON) --version 2>&1 || echo 'not found')." >&2; \
+	  echo "Install Python 3.11 and run e.g. 'make $(or $(MAKECMDGOALS),test) PYTHON=python3.11'." >&2; \
+	  exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per set of extras; each is remade only when pyproject.toml is newer.
+$(VENV)/.stamp-lab: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[lab]'
+	@touch $@
+
+$(VENV)/.stamp-lab-test: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[lab,test]'
+	@touch $@ $(VENV)/.stamp-lab
+
+$(VENV)/.stamp-bench: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[bench]'
+	@touch $@
+
+lab: $(VENV)/.stamp-lab
+	$(VENV)/bin/jupyter lab $(NOTEBOOK_DIR)
+
+# Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers.
+# --dist loadfile keeps all cells of a notebook on one worker, in order;
+# --nbval-current-env runs notebooks with this venv's Python.
+# pytest's exit code 5 ("no tests collected") is not a failure while the course is young.
+test: $(VENV)/.stamp-lab-test
+	@rc=0; $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+	  $(TEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit code 5); nothing failed."; rc=0; fi; \
+	exit $$rc
+
+bench: $(VENV)/.stamp-bench
+	@set -e; found=0; for f in benchmarks/*.py; do \
+	  [ -e "$$f" ] || continue; found=1; \
+	  echo "== $$f"; $(PY) "$$f"; \
+	done; [ $$found -eq 1 ] || echo "no benchmarks/*.py yet"
+
+clean:
+	rm -rf .pytest_cache .hypothesis build dist *.egg-info prunekit.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+	find . -path ./$(VENV) -prune -o -name .ipynb_checkpoints -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)
