@@ -216,9 +216,11 @@ class Tensor:
                 a2 = a[None, :] if a.ndim == 1 else a
                 b2 = b[:, None] if b.ndim == 1 else b
                 g = out.grad
-                if a.ndim == 1:
+                if a.ndim == 1 and b.ndim == 1:
+                    g = g.reshape(1, 1)
+                elif a.ndim == 1:
                     g = np.expand_dims(g, -2)
-                if b.ndim == 1:
+                elif b.ndim == 1:
                     g = np.expand_dims(g, -1)
                 if self.requires_grad:
                     ga = unbroadcast(g @ np.swapaxes(b2, -1, -2), a2.shape)
@@ -334,7 +336,7 @@ class Tensor:
         """Permute axes (NumPy semantics; no axes reverses them)."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        axes = axes or tuple(reversed(range(self.ndim)))
+        axes = tuple(a % self.ndim for a in axes) if axes else tuple(reversed(range(self.ndim)))
         out = self._make(self.data.transpose(axes), (self,), "transpose")
         if out.requires_grad:
             def _backward():
@@ -409,16 +411,19 @@ class Tensor:
         grad = np.broadcast_to(_as_array(grad).astype(self.dtype, copy=False), self.shape)
 
         # Topological order by iterative depth-first search (deep graphs cannot hit the recursion limit).
-        order, seen, stack = [], {id(self)}, [(self, False)]
+        # A node is appended only after everything it depends on, however many paths lead to it.
+        order, visited, stack = [], set(), [(self, False)]
         while stack:
-            node, children_done = stack.pop()
-            if children_done:
+            node, inputs_done = stack.pop()
+            if inputs_done:
                 order.append(node)
                 continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
             stack.append((node, True))
             for p in node._parents:
-                if id(p) not in seen:
-                    seen.add(id(p))
+                if id(p) not in visited:
                     stack.append((p, False))
 
         for node in order:  # interior nodes start from zero on every call

@@ -183,8 +183,6 @@ def test_matmul_grads_against_closed_form():
     np.testing.assert_allclose(b.grad, a.data.T @ g)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tensor.py:219-220 matmul backward of 1-D @ 1-D calls "
-                                       "np.expand_dims on the 0-d output grad with axis=-2 -> AxisError")
 def test_matmul_vector_dot_vector():
     a, b = leaf((4,), 14), leaf((4,), 15)
     out = a @ b
@@ -273,9 +271,6 @@ def test_transpose_and_T():
     check_grads(lambda m: m.T * np.arange(3.0), m)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tensor.py:341 transpose backward uses np.argsort(axes) on "
-                                       "un-normalised axes; negative axes (NumPy semantics) give a "
-                                       "wrongly shaped gradient")
 def test_transpose_negative_axes():
     x = leaf((2, 3, 4), 20)
     np.testing.assert_array_equal(x.transpose(-1, 0, 1).data, x.data.transpose(-1, 0, 1))
@@ -528,10 +523,6 @@ def test_interior_node_used_twice_in_order_that_works():
     np.testing.assert_allclose(x.grad, 8.0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tensor.py:412-422 backward's iterative DFS marks a node seen "
-                                       "when it is pushed, not when it is finished, so the order is not "
-                                       "topological: in (a + b) with b = f(a), a's _backward runs before b "
-                                       "has added its share to a.grad, and that share is lost")
 def test_interior_node_used_twice_topological_order():
     x = leaf((3,), 37)
     a = x * 2.0
@@ -540,8 +531,6 @@ def test_interior_node_used_twice_topological_order():
     np.testing.assert_allclose(x.grad, 8.0)  # bug gives 2.0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tensor.py:412-422 (non-topological order): x - x.max() "
-                                       "loses the gradient of the max path when x is an interior node")
 def test_gradcheck_shared_interior_node_composite():
     x = leaf((3, 4), 38)
     check_grads(lambda x: (lambda h: h * (h - h.max(axis=1, keepdims=True)))(x.tanh()), x)
