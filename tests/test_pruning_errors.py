@@ -1,0 +1,136 @@
+"""Bad input is refused with a clear error that names the argument."""
+import numpy as np
+import pytest
+
+from prunekit import models, nn, optim
+from prunekit import pruning as P
+
+X = np.zeros((4, 6), np.float32)
+Y = np.zeros(4, np.int64)
+
+
+@pytest.fixture
+def m():
+    return models.mlp([6, 5, 3], seed=0)
+
+
+@pytest.mark.parametrize("amount, exc, text", [
+    (-0.1, ValueError, "The 'amount' parameter must be a float in the range \\[0, 1\\] or a non-negative int. Got -0.1"),
+    (1.2, ValueError, "'amount'.*Got 1.2 instead"),
+    (float("nan"), ValueError, "'amount'"),
+    (-3, ValueError, "'amount'.*Got -3"),
+    (31, ValueError, "'amount'.*unpruned weights \\(30\\).*Got 31"),
+    (True, TypeError, "'amount'"),
+    ("0.5", TypeError, "'amount'"),
+    (None, TypeError, "'amount'"),
+])
+def test_bad_amount(m, amount, exc, text):
+    with pytest.raises(exc, match=text):
+        P.prune(m, amount)
+    assert not P.is_pruned(m)  # nothing half-done
+
+
+def test_int_amount_too_big_globally(m):
+    with pytest.raises(ValueError, match="'amount'.*\\(45\\)"):
+        P.prune(m, 46, scope="global")
+
+
+def test_unknown_score(m):
+    with pytest.raises(ValueError, match="The 'score' parameter must be one of .*'magnitude'.*Got 'magnitud'"):
+        P.prune(m, 0.5, score="magnitud")
+    with pytest.raises(TypeError, match="'score'"):
+        P.prune(m, 0.5, score=3)
+
+
+@pytest.mark.parametrize("score", ["gradient", "taylor", "obd", "snip", "movement", "oracle"])
+def test_data_hungry_score_without_data(m, score):
+    with pytest.raises(ValueError, match=f"The 'data' parameter must be .*{score!r}.*Got None"):
+        P.prune(m, 0.5, score=score)
+    assert not P.is_pruned(m)
+
+
+def test_unknown_layer(m):
+    with pytest.raises(ValueError, match="The 'layers' parameter must be names of layers in the model "
+                                         "\\(prunable: '0', '2'\\). Got 'fc1'"):
+        P.prune(m, 0.5, layers=["fc1"])
+    with pytest.raises(ValueError, match="'layers'.*have a weight"):
+        P.prune(m, 0.5, layers=["1"])  # the ReLU
+    with pytest.raises(ValueError, match="'layers'.*part of the model"):
+        P.prune(m, 0.5, layers=[nn.Linear(2, 2)])
+    with pytest.raises(TypeError, match="'layers'"):
+        P.prune(m, 0.5, layers=[3])
+
+
+def test_unknown_scope_loss_structure(m):
+    with pytest.raises(ValueError, match="The 'scope' parameter must be one of \\{'layer', 'global'\\}. Got 'model'"):
+        P.prune(m, 0.5, scope="model")
+    with pytest.raises(ValueError, match="'loss'.*Got 'hinge'"):
+        P.prune(m, 0.5, score="taylor", data=(X, Y), loss="hinge")
+    with pytest.raises(NotImplementedError, match="'structure'.*Got 'channels'.*later"):
+        P.prune(m, 0.5, structure="channels")
+
+
+def test_bad_model_and_data(m):
+    with pytest.raises(TypeError, match="'model'"):
+        P.prune("model", 0.5)
+    with pytest.raises(TypeError, match="'data'"):
+        P.prune(m, 0.5, score="taylor", data=5)
+    with pytest.raises(ValueError, match="'data'.*4 inputs, 3 targets"):
+        P.prune(m, 0.5, score="taylor", data=(X, Y[:3]))
+
+
+def test_bad_scores(m):
+    with pytest.raises(ValueError, match="'score'.*NaN"):
+        P.prune(m, 0.5, score=lambda ctx: {n: np.full(w.shape, np.nan) for n, w in ctx.weights.items()})
+    with pytest.raises(ValueError, match="'score'.*missing '2.weight'"):
+        P.prune(m, 0.5, score={"0.weight": np.ones((5, 6))})
+    with pytest.raises(ValueError, match="'score'.*shape \\(5, 6\\)"):
+        P.prune(m, 0.5, score={"0.weight": np.ones(30), "2.weight": np.ones((3, 5))})
+    with pytest.raises(TypeError, match="'score'.*dict"):
+        P.prune(m, 0.5, score=lambda ctx: [1, 2])
+
+
+def test_dict_amount_errors(m):
+    with pytest.raises(ValueError, match="'amount'.*scope='global'"):
+        P.prune(m, {"0.weight": 0.5}, scope="global")
+    with pytest.raises(ValueError, match="'amount'.*keys \\['3.weight'\\]"):
+        P.prune(m, {"3.weight": 0.5})
+    with pytest.raises(ValueError, match="'amount\\['0.weight'\\]'.*Got 2.0"):
+        P.prune(m, {"0.weight": 2.0})
+
+
+def test_schedule_errors(m):
+    with pytest.raises(ValueError, match="'final_sparsity'"):
+        P.AGP(1.5)
+    with pytest.raises(ValueError, match="'initial_sparsity'"):
+        P.AGP(0.5, initial_sparsity=0.8)
+    with pytest.raises(ValueError, match="'end_step'"):
+        P.agp_sparsity(3, 0.5, 5, 5)
+    with pytest.raises(ValueError, match="'target'"):
+        P.iterative_prune(m, 1.5, 3)
+    with pytest.raises(ValueError, match="'kind'"):
+        P.sparsity_schedule(0.5, 3, "exponential")
+    with pytest.raises(ValueError, match="'finetune'.*missing \\['epochs'\\]"):
+        P.iterative_prune(m, 0.5, 2, {"loader": [], "optimizer": None})
+    with pytest.raises(ValueError, match="'rewind_epoch'"):
+        P.iterative_prune(m, 0.5, 2, rewind_epoch=1)
+    with pytest.raises(ValueError, match="'sparsity'.*Got 1.5"):
+        P.prune_to(m, 1.5)
+    with pytest.raises(ValueError, match="'n_batches'"):
+        P.batch_prune(m, 0.5)
+
+
+def test_lottery_and_sensitivity_errors(m):
+    train = {"loader": [(X, Y)], "optimizer": lambda p: optim.SGD(p, lr=0.1), "epochs": 1}
+    with pytest.raises(ValueError, match="'evaluate'"):
+        P.lottery_ticket(m, train, rounds=1)
+    with pytest.raises(ValueError, match="'rewind_step'.*Got 5"):
+        P.lottery_ticket(m, train, rounds=1, rewind_step=5, evaluate=(X, Y))
+    with pytest.raises(ValueError, match="'controls'"):
+        P.lottery_ticket(m, train, rounds=1, evaluate=(X, Y), controls=["shuffle"])
+    with pytest.raises(ValueError, match="'amount'"):
+        P.lottery_ticket(m, train, rounds=1, amount=0, evaluate=(X, Y))
+    with pytest.raises(ValueError, match="'metric'.*Got 'acc'"):
+        P.sensitivity_scan(m, (X, Y), amounts=[0.5], metric="acc")
+    with pytest.raises(ValueError, match="'amounts'"):
+        P.sensitivity_scan(m, (X, Y), amounts=[1.5])
