@@ -277,6 +277,15 @@ def test_transpose_negative_axes():
     check_grads(lambda x: x.transpose(-1, 0, 1), x)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: tensor.py transpose normalises axes with `a % self.ndim`, "
+                                       "so an out-of-range axis wraps round silently: on a 3-D tensor "
+                                       "transpose(5, 0, 1) acts as transpose(2, 0, 1) where NumPy raises")
+def test_transpose_out_of_range_axis_raises():
+    x = leaf((2, 3, 4), 20)
+    with pytest.raises((ValueError, IndexError)):
+        x.transpose(5, 0, 1)
+
+
 # --------------------------------------------------------------- indexing
 INDEXES = {
     "slices": (slice(1, None), slice(None, None, 2)),
