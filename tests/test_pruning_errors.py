@@ -42,7 +42,7 @@ def test_unknown_score(m):
         P.prune(m, 0.5, score=3)
 
 
-@pytest.mark.parametrize("score", ["gradient", "taylor", "obd", "snip", "movement", "oracle"])
+@pytest.mark.parametrize("score", ["gradient", "taylor", "obd", "snip", "movement", "oracle", "oracle_abs"])
 def test_data_hungry_score_without_data(m, score):
     with pytest.raises(ValueError, match=f"The 'data' parameter must be .*{score!r}.*Got None"):
         P.prune(m, 0.5, score=score)

@@ -246,3 +246,44 @@ def test_movement_tracker_matches_hand_accumulation():
     P.prune(m1, 0.5, score=tracker)
     keep = P.bottom_k_mask(acc["0.weight"], 6)
     np.testing.assert_array_equal(m1[0].weight.mask != 0, keep)
+
+
+def test_spearman_hand_computed():
+    # ranks of b with a tie: [1, 2, 3.5, 5, 3.5]; rho = 8 / sqrt(10 * 9.5)
+    assert P.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / np.sqrt(95))
+    assert P.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert P.spearman({"a": [1, 2], "b": [3]}, {"a": [3, 2], "b": [1]}) == pytest.approx(-1.0)
+    # masks keep only unpruned entries: [1, 3] vs [2, 1] -> -1
+    assert P.spearman(np.array([1, 2, 3]), np.array([2, 9, 1]), masks=np.array([1, 0, 1])) == pytest.approx(-1)
+    with pytest.raises(ValueError, match="'b'"):
+        P.spearman([1, 2, 3], [1, 2])
+
+
+def test_grade_scores_against_oracle():
+    m = make_model()
+    P.prune(m, 0.25)
+    g = P.grade_scores(m, (X, Y_CLS), scores=("magnitude", "oracle_abs", "taylor"))
+    assert g["oracle_abs"] == pytest.approx(1.0)
+    masks = P.masks(m)
+    delta = P.compute_scores(m, "oracle", data=(X, Y_CLS))
+    direct = P.spearman(P.compute_scores(m, "magnitude"), {n: np.abs(v) for n, v in delta.items()}, masks)
+    assert g["magnitude"] == pytest.approx(direct)
+    signed = P.grade_scores(m, (X, Y_CLS), scores=("movement",), reference="oracle")
+    assert signed["movement"] == pytest.approx(P.spearman(P.compute_scores(m, "movement", data=(X, Y_CLS)), delta,
+                                                          masks))
+
+
+def test_oracle_generic_path_equals_sequential_fast_path():
+    class Wrapped(nn.Module):   # not a Sequential: every weight needs a full forward
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    m = make_model()
+    fast = P.compute_scores(m, "oracle", data=(X, Y_CLS), batch_size=3)
+    slow = P.compute_scores(Wrapped(m), "oracle", data=(X, Y_CLS), batch_size=3)
+    for n in NAMES:
+        np.testing.assert_allclose(slow["inner." + n], fast[n], rtol=1e-9, atol=1e-14)

@@ -13,8 +13,8 @@ Modules, in reading order: ``ranking`` (scores -> masks, torch's counting rules)
 tickets), ``sensitivity`` (per-layer scans).
 """
 from .ranking import bottom_k_mask, global_masks, layer_masks, n_to_prune
-from .scores import (MovementTracker, ScoreContext, available_scores, compute_scores, get_score,
-                     reduce_groups, register_score)
+from .scores import (MovementTracker, ScoreContext, available_scores, compute_scores, get_score, grade_scores,
+                     reduce_groups, register_score, spearman)
 from .unstructured import (SparsityReport, apply_masks, batch_prune, is_pruned, masks, prunable_layers, prune,
                            prune_to, remove, set_mask, sparsity)
 from .schedules import AGP, agp_sparsity, iterative_prune, rewind_learning_rate, sparsity_schedule
@@ -25,7 +25,7 @@ __all__ = [
     "prune", "prune_to", "batch_prune", "masks", "sparsity", "remove", "is_pruned", "apply_masks", "set_mask",
     "prunable_layers", "SparsityReport",
     "register_score", "available_scores", "get_score", "compute_scores", "ScoreContext", "MovementTracker",
-    "reduce_groups",
+    "reduce_groups", "spearman", "grade_scores",
     "n_to_prune", "bottom_k_mask", "layer_masks", "global_masks",
     "AGP", "agp_sparsity", "sparsity_schedule", "iterative_prune", "rewind_learning_rate",
     "lottery_ticket", "LotteryResult", "WeightSnapshot", "rewind_weights",

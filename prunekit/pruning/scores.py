@@ -26,6 +26,7 @@ obd           ``0.5 * w_j^2 * H_jj``, H_jj ~ Fisher mean of g^2    LeCun et al. 
 snip          ``|w_j g_j| / sum_k |w_k g_k|``                      Lee et al. 2019 (SNIP)
 movement      ``-w_j * sum_b g_j``  (or a :class:`MovementTracker`)  Sanh et al. 2020
 oracle        ``ΔL_j`` exactly (one loss evaluation per weight)    brute force
+oracle_abs    ``|ΔL_j|`` (what the cheap scores estimate)          Molchanov et al. 2017
 ============  ===================================================  ===========================
 
 Gradients are computed with the model in ``eval()`` mode (no dropout, batch norm
@@ -42,6 +43,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .. import functional as F
+from .. import nn
 from ..tensor import Tensor, no_grad
 from .._validate import check_int, check_option, fail
 from ..train import Callback
@@ -49,6 +51,7 @@ from ..train import Callback
 __all__ = [
     "ScoreSpec", "ScoreContext", "register_score", "get_score", "available_scores", "compute_scores",
     "as_batches", "resolve_loss", "reduce_groups", "MovementTracker", "DATA_FREE_SCORES",
+    "spearman", "grade_scores",
 ]
 
 LOSSES = ("cross_entropy", "mse")
@@ -383,6 +386,8 @@ def oracle(ctx):
     small layers (at most ``max_weights`` unpruned weights, option, default 10000).
     It is the ground truth the cheap scores are graded against. Already-pruned
     weights score 0. A negative ΔL means removing the weight *lowers* the loss.
+    For a Linear layer inside a Sequential only the layers after it are re-run:
+    zeroing W_ij changes just column i of that layer's output, by -W_ij x_j.
     """
     limit = check_int("max_weights", ctx.option("max_weights", 10_000), 1)
     n_alive = sum(int(p.size if p.mask is None else (p.mask != 0).sum()) for p in ctx.params.values())
@@ -397,27 +402,78 @@ def oracle(ctx):
             p.data = d.astype(np.float64)
         batches64 = [(np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else x, y)
                      for x, y in batches]
-        base = ctx.loss_value(batches64)
-        out = {}
-        for n, p in ctx.params.items():
-            s = np.zeros(p.shape)
-            flat, sflat = p.data.reshape(-1), s.reshape(-1)
-            alive = np.ones(p.size, bool) if p.mask is None else p.mask.reshape(-1) != 0
-            for j in np.flatnonzero(alive):
-                old = flat[j]
-                if old == 0:
-                    continue
-                flat[j] = 0.0
-                sflat[j] = ctx.loss_value(batches64) - base
-                flat[j] = old
-            out[n] = s
+        out = OrderedDict()
+        with no_grad(), _scoring(ctx.model, ctx.params):
+            for n, p in ctx.params.items():
+                out[n] = _oracle_one(ctx, p, batches64)
     finally:
         for p, d in originals:
             p.data = d
     return out
 
 
-DATA_FREE_SCORES = ("magnitude", "l2", "random")
+@register_score("oracle_abs", needs_data=True)
+def oracle_abs(ctx):
+    """|ΔL_j|: how much the loss moves, either way, when w_j alone is removed (Molchanov et al. 2017's Oracle-abs).
+
+    The cheap scores (taylor, obd, gradient, magnitude) estimate this magnitude, so
+    it is the reference they are graded against; ``oracle`` keeps the sign.
+    """
+    return {n: np.abs(v) for n, v in oracle(ctx).items()}
+
+
+def _alive(p):
+    return np.ones(p.size, bool) if p.mask is None else p.mask.reshape(-1) != 0
+
+
+def _oracle_one(ctx, p, batches):
+    """ΔL for every unpruned entry of ``p`` (fast path for a Linear in a Sequential)."""
+    s = np.zeros(p.shape)
+    sflat, flat = s.reshape(-1), p.data.reshape(-1)
+    model = ctx.model
+    idx = None
+    if isinstance(model, nn.Sequential):
+        idx = next((i for i, m in enumerate(model) if isinstance(m, nn.Linear) and m.weight is p), None)
+    if idx is None:                     # generic: full forward per weight
+        return _oracle_generic(ctx, p, batches, s)
+    head, layer, tail = model[:idx], model[idx], model[idx + 1:]
+    x_in = np.concatenate([head(x).data for x, _ in batches])
+    y = np.concatenate([np.asarray(yb) for _, yb in batches])
+    z = layer(x_in).data
+    x_in = x_in.reshape(-1, x_in.shape[-1]) if x_in.ndim > 2 else x_in
+
+    def loss_of(zz):
+        return float(ctx.loss(tail(zz) if len(tail) else Tensor(zz), y).item())
+
+    if z.ndim != 2:                     # (unusual) Linear on >2-D input: generic path
+        return _oracle_generic(ctx, p, batches, s)
+    base = loss_of(z)
+    out_f = p.shape[1]
+    for j in np.flatnonzero(_alive(p)):
+        w = flat[j]
+        if w == 0:
+            continue
+        i, k = divmod(int(j), out_f)
+        col = z[:, i].copy()
+        z[:, i] -= w * x_in[:, k]
+        sflat[j] = loss_of(z) - base
+        z[:, i] = col
+    return s
+
+
+def _oracle_generic(ctx, p, batches, s):
+    sflat, flat = s.reshape(-1), p.data.reshape(-1)
+    base = ctx.loss_value(batches)
+    for j in np.flatnonzero(_alive(p)):
+        old = flat[j]
+        if old != 0:
+            flat[j] = 0.0
+            sflat[j] = ctx.loss_value(batches) - base
+            flat[j] = old
+    return s
+
+
+DATA_FREE_SCORES = ("magnitude", "l2", "random")  # every other built-in score needs data
 
 
 # ------------------------------------------------------------------ movement tracker
@@ -500,4 +556,74 @@ def _run_score(model, params, score, data, loss, seed, options):
         if np.isnan(s).any():
             fail("score", f"finite values for {n!r} (score {name!r})", "NaN")
         out[n] = s
+    return out
+
+
+# ------------------------------------------------------------------ grading scores
+def _flat(scores, masks=None):
+    if isinstance(scores, dict):
+        keys = list(scores)
+        parts = []
+        for k in keys:
+            v = np.asarray(scores[k], dtype=np.float64).reshape(-1)
+            m = None if masks is None else masks.get(k)
+            parts.append(v if m is None else v[np.asarray(m).reshape(-1) != 0])
+        return np.concatenate(parts) if parts else np.zeros(0)
+    v = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return v if masks is None else v[np.asarray(masks).reshape(-1) != 0]
+
+
+def _ranks(v):
+    """Ranks 1..n, ties get the average of the ranks they span."""
+    order = np.argsort(v, kind="stable")
+    sv = v[order]
+    ranks = np.empty(len(v))
+    start = 0
+    while start < len(v):
+        end = start
+        while end + 1 < len(v) and sv[end + 1] == sv[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(a, b, masks=None):
+    """Spearman rank correlation of two scores (arrays, or dicts with the same keys).
+
+    rho = Pearson correlation of the ranks (ties share their average rank); 1 means
+    the two scores order the weights identically. ``masks`` (dict or array) restricts
+    the comparison to unpruned weights.
+    """
+    if isinstance(a, dict) and isinstance(b, dict) and list(a) != list(b):
+        fail("b", f"a dict with the same keys as a ({list(a)})", list(b))
+    x, y = _flat(a, masks), _flat(b, masks)
+    if x.shape != y.shape:
+        fail("b", f"scores with as many entries as a ({x.size})", y.size)
+    if x.size < 2:
+        fail("a", "scores with at least 2 entries", x.size)
+    rx, ry = _ranks(x), _ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    denom = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else 0.0
+
+
+def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", "random"), reference="oracle_abs",
+                 layers=None, loss="cross_entropy", seed=0, **options):
+    """Spearman correlation of each score with ``reference`` (default |ΔL|, the exact loss change).
+
+    Returns ``{score name: rho}`` over the unpruned weights of the chosen layers.
+    The cheap scores estimate |ΔL| (Molchanov et al. 2017 grade against "Oracle-abs");
+    pass ``reference="oracle"`` to compare with the signed change instead.
+    """
+    from ._targets import select_weights
+    params = select_weights(model, layers)
+    ref = _run_score(model, params, reference, data, loss, seed, options)
+    masks = {n: p.mask for n, p in params.items() if p.mask is not None}
+    out = OrderedDict()
+    for sc in scores:
+        got = _run_score(model, params, sc, data, loss, seed, options)
+        name = "dict" if isinstance(sc, dict) else get_score(sc).name
+        out[name] = spearman(got, ref, masks or None)
     return out
