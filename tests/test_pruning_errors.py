@@ -134,3 +134,14 @@ def test_lottery_and_sensitivity_errors(m):
         P.sensitivity_scan(m, (X, Y), amounts=[0.5], metric="acc")
     with pytest.raises(ValueError, match="'amounts'"):
         P.sensitivity_scan(m, (X, Y), amounts=[1.5])
+
+
+def test_unknown_score_option_is_refused(m):
+    with pytest.raises(TypeError, match="The 'max_weight' parameter must be a keyword score 'oracle' knows "
+                                        "\\(it accepts: batch_size, max_weights\\)"):
+        P.prune(m, 0.5, score="oracle", data=(X, Y), max_weight=10)
+    with pytest.raises(TypeError, match="'max_samples'.*'magnitude'"):
+        P.prune(m, 0.5, max_samples=3)
+    # an unregistered callable may read any option
+    P.prune(m, 0.5, score=lambda ctx: {n: np.abs(w) * ctx.option("power", 1) for n, w in ctx.weights.items()},
+            power=2)

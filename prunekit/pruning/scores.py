@@ -65,17 +65,24 @@ class ScoreSpec(NamedTuple):
     needs_data: bool
     group_reduce: str  # how element scores combine over a group: "sum" (L1) or "l2"
     doc: str
+    options: tuple = ()  # extra keyword options the score reads with ctx.option(...)
+
+
+# options every score may receive (batch_size: how array data is cut into batches)
+COMMON_OPTIONS = ("batch_size",)
 
 
 _REGISTRY: "OrderedDict[str, ScoreSpec]" = OrderedDict()
 
 
-def register_score(name, fn=None, *, needs_data=False, group_reduce="sum", overwrite=False):
+def register_score(name, fn=None, *, needs_data=False, group_reduce="sum", options=(), overwrite=False):
     """Add a score ``fn(ctx) -> {name: array}`` to the registry (usable as a decorator).
 
     ``needs_data=True`` makes :func:`prune` refuse to run it without ``data``.
     ``group_reduce`` ("sum" or "l2") says how element scores combine over a group
-    of weights in structured pruning. Re-registering a name needs ``overwrite=True``.
+    of weights in structured pruning. ``options`` names the extra keyword arguments
+    it reads with ``ctx.option(key, default)`` (others are refused as typos).
+    Re-registering a name needs ``overwrite=True``.
     """
     if not isinstance(name, str) or not name:
         fail("name", "a non-empty string", name, TypeError)
@@ -87,7 +94,7 @@ def register_score(name, fn=None, *, needs_data=False, group_reduce="sum", overw
         if name in _REGISTRY and not overwrite:
             fail("name", f"a new score name (pass overwrite=True to replace {name!r})", name)
         doc = (f.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = ScoreSpec(name, f, bool(needs_data), group_reduce, doc)
+        _REGISTRY[name] = ScoreSpec(name, f, bool(needs_data), group_reduce, doc, tuple(options))
         return f
 
     return add if fn is None else add(fn)
@@ -108,7 +115,7 @@ def get_score(score):
         return _REGISTRY[score]
     if callable(score):
         name = getattr(score, "__name__", type(score).__name__)
-        return ScoreSpec(name, score, bool(getattr(score, "needs_data", False)), "sum", "")
+        return ScoreSpec(name, score, bool(getattr(score, "needs_data", False)), "sum", "", None)
     fail("score", f"a score name (one of {available_scores()}), a callable fn(ctx) or a dict of arrays",
          type(score).__name__, TypeError)
 
@@ -342,7 +349,7 @@ def taylor(ctx):
     return {n: np.abs(w * g[n]) for n, w in ctx.weights.items()}
 
 
-@register_score("obd", needs_data=True)
+@register_score("obd", needs_data=True, options=("max_samples",))
 def obd(ctx):
     """0.5 * w^2 * H_jj: second-order saliency of Optimal Brain Damage (LeCun et al. 1990).
 
@@ -378,7 +385,7 @@ def movement(ctx):
     return {n: -w * g_sum[n] for n, w in ctx.weights.items()}
 
 
-@register_score("oracle", needs_data=True)
+@register_score("oracle", needs_data=True, options=("max_weights",))
 def oracle(ctx):
     """ΔL_j = L(w with w_j = 0) - L(w) on ``data``, exactly, one weight at a time.
 
@@ -412,7 +419,7 @@ def oracle(ctx):
     return out
 
 
-@register_score("oracle_abs", needs_data=True)
+@register_score("oracle_abs", needs_data=True, options=("max_weights",))
 def oracle_abs(ctx):
     """|ΔL_j|: how much the loss moves, either way, when w_j alone is removed (Molchanov et al. 2017's Oracle-abs).
 
@@ -537,6 +544,12 @@ def _run_score(model, params, score, data, loss, seed, options):
         spec = get_score(score)
         name = spec.name
         resolve_loss(loss)
+        if spec.options is not None:  # (None: an unregistered callable, which may read anything)
+            allowed = COMMON_OPTIONS + spec.options
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                fail(unknown[0], f"a keyword score {name!r} knows (it accepts: {', '.join(allowed)})",
+                     options[unknown[0]], TypeError)
         if spec.needs_data and data is None:
             fail("data", f"an (x, y) pair or a DataLoader for score {name!r} (it needs gradients or losses "
                  f"on data; data-free scores: {list(DATA_FREE_SCORES)})", None)

@@ -175,7 +175,8 @@ def prune(model, amount, score="magnitude", scope="layer", structure=None, data=
     """Remove the lowest-scored weights of every Linear and Conv2d (or of ``layers``); return a report.
 
     ``amount``: fraction of the still-unpruned weights to remove (0 <= amount <= 1),
-    an int count, or (scope="layer") a dict ``{"<layer>.weight": amount}``.
+    an int count (as in torch, ``1`` is one weight and ``1.0`` is all of them), or
+    (scope="layer") a dict ``{"<layer>.weight": amount}``.
     The count is ``round(amount * n_unpruned)`` and the ``k`` smallest scores go,
     exactly as ``torch.nn.utils.prune.l1_unstructured`` (scope="layer") and
     ``global_unstructured`` (scope="global"); ties: lowest flat index first.
