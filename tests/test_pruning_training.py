@@ -196,7 +196,7 @@ def test_batch_prune_rescoring():
         return {n: np.abs(w) for n, w in ctx.weights.items()}
 
     n = m[0].weight.size + m[2].weight.size + m[4].weight.size
-    rep = P.batch_prune(m, 0.6, n_batches=4, score=counting)
+    rep = P.batch_prune(m, 0.6, n_batches=4, score=counting, scope="global")
     assert len(calls) == 4 and calls == sorted(calls) and calls[0] == 0
     assert rep.pruned == round(0.6 * n)
     # with a data-free score the result equals one-shot pruning
@@ -205,7 +205,7 @@ def test_batch_prune_rescoring():
     for a, b in zip(P.masks(m).values(), P.masks(m2).values()):
         np.testing.assert_array_equal(a, b)
     m3 = small()
-    P.batch_prune(m3, 0.5, batch_size=50, score="taylor", data=(X, Y))
+    P.batch_prune(m3, 0.5, batch_size=50, score="taylor", data=(X, Y), scope="global")
     assert P.sparsity(m3).pruned == round(0.5 * n)
 
 
@@ -330,3 +330,10 @@ def test_sensitivity_plot_and_amounts_feed_prune_to():
     assert ax.get_xlabel().startswith("sparsity") and len(ax.lines) == 4
     P.prune_to(m, {"0.weight": 0.5, "4.weight": 0.25})
     assert P.sparsity(m)["0.weight"] == 0.5 and m[2].weight.mask is None
+
+
+def test_batch_prune_layer_scope_counts_per_layer():
+    m = small()
+    P.batch_prune(m, 0.5, batch_size=7, score="taylor", data=(X, Y))
+    for r in P.sparsity(m).rows:
+        assert r["pruned"] == round(0.5 * r["size"])

@@ -36,7 +36,6 @@ parameters held are restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections import OrderedDict
 from typing import Callable, NamedTuple
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import nn
-from .._validate import check_option, fail
+from .._validate import check_int, check_option, fail
 from . import ranking
 from ._targets import check_model, prunable_layers, select_weights
 from .scores import _run_score
@@ -268,7 +268,7 @@ def _n_masked(p):
     return 0 if p.mask is None else int(p.size - np.count_nonzero(p.mask))
 
 
-def batch_prune(model, amount, n_batches=None, batch_size=None, score="magnitude", scope="global",
+def batch_prune(model, amount, n_batches=None, batch_size=None, score="magnitude", scope="layer",
                 data=None, layers=None, seed=None, loss="cross_entropy", **options):
     """Prune ``amount`` in several batches of weights, re-scoring after each batch.
 
@@ -292,10 +292,8 @@ def batch_prune(model, amount, n_batches=None, batch_size=None, score="magnitude
     if (n_batches is None) == (batch_size is None):
         fail("n_batches", "given, or batch_size given (exactly one of them)", n_batches)
     if n_batches is not None:
-        from .._validate import check_int
         check_int("n_batches", n_batches, 1)
     else:
-        from .._validate import check_int
         check_int("batch_size", batch_size, 1)
         n_batches = max(1, -(-total // batch_size))
     before = {n: _n_pruned(p) for n, p in params.items()}
