@@ -46,8 +46,9 @@ $(VENV)/.stamp-bench: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[bench]'
 	@touch $@
 
+# (JupyterLab refuses to run as root without --allow-root: containers and CI machines run as root.)
 lab: $(VENV)/.stamp-lab
-	$(VENV)/bin/jupyter lab $(NOTEBOOK_DIR)
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_DIR)
 
 # Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers.
 # --dist loadfile keeps all cells of a notebook on one worker, in order;
