@@ -1,0 +1,288 @@
+"""int8 matrix products with the x86 VNNI instruction ``vpdpbusd``.
+
+This module imports numba at the top, so it is only imported (by
+:mod:`prunekit.sparse.kernels`) the first time an int8 product runs on a CPU
+that has AVX-512 VNNI. ``import prunekit`` never touches it.
+
+Why an explicit instruction?
+----------------------------
+A float32 FMA does 16 multiply-adds per AVX-512 instruction. The plain int8
+dot product that LLVM vectorizes by itself (``pmaddwd``: int16 pairs into
+int32) does no better once the int8 -> int16 widening is paid, so on its own
+int8 would *not* beat float32 BLAS on compute. ``vpdpbusd`` multiplies 64
+unsigned-8-bit by signed-8-bit pairs and adds them, four at a time, into 16
+int32 lanes: 64 multiply-adds per instruction, exact in int32. That is the
+whole reason int8 inference is fast on CPUs that have it (the same story as
+2:4 sparsity: a format pays only where the hardware has an instruction for it).
+
+numba has no SIMD types, so we add one: ``i32x16`` (an LLVM ``<16 x i32>``
+value, one AVX-512 register) and five tiny intrinsics (zero, load 64 bytes,
+broadcast 4 bytes, ``vpdpbusd``, store). The kernels below read like C with
+intrinsics.
+
+Data layout
+-----------
+* Activations are quantized to int8 ``q`` and shifted to uint8 ``u = q + 128``
+  (``vpdpbusd`` wants one unsigned operand); the shift is undone exactly with
+  ``acc - 128 * row_sums[i]`` where ``row_sums[i] = sum_k wq[i, k]``.
+* Weights are packed in panels of 16 output rows: ``wp[p, kq, 4*j + t] =
+  wq[16*p + j, 4*kq + t]``, so one 64-byte load holds 4 consecutive k of 16
+  outputs, exactly what one ``vpdpbusd`` consumes against a broadcast of 4
+  activation bytes.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+__all__ = ["available", "pack_weights", "gemm", "gemv", "PANEL"]
+
+PANEL = 16  # output rows per packed panel (one int32 lane each)
+ROW_TILE = 4  # activation rows per GEMM tile
+PANEL_TILE = 2  # panels per GEMM tile -> 4 x 2 = 8 accumulator registers
+GEMV_PANELS = 4  # panels per GEMV task
+PANEL_ALIGN = 4  # panels are padded to a multiple of this (covers both tiles)
+
+
+def available() -> bool:
+    """True when numba compiles for a CPU with AVX-512 VNNI (and it is not disabled).
+
+    Set ``PRUNEKIT_NO_VNNI=1`` to force the portable kernels.
+    """
+    if os.environ.get("PRUNEKIT_NO_VNNI", "") not in ("", "0"):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    need = ("avx512f", "avx512bw", "avx512vnni")
+    name = numba.config.CPU_NAME
+    if name not in (None, "", "host"):
+        # numba targets a named CPU (e.g. for a portable cache): trust only its explicit features
+        feats = numba.config.CPU_FEATURES or ""
+        return all(f"+{f}" in feats for f in need)
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features()
+    return all(host.get(f, False) for f in need)
+
+
+# ----------------------------------------------------------------------------- SIMD type
+
+
+class I32x16(types.Type):
+    """One 512-bit register seen as 16 int32 lanes."""
+
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+i32x16 = I32x16()
+_VEC = ir.VectorType(ir.IntType(32), 16)
+
+
+@register_model(I32x16)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _elem_ptr(context, builder, arrty, arr, idx):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.gep(data, [idx])
+
+
+@intrinsic
+def vzero(typingctx):
+    """A register of zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, None)
+    return i32x16(), codegen
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """Load 64 bytes starting at element ``idx`` of the 1-D array ``arr``."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, _VEC.as_pointer()), align=1)
+    return i32x16(arr, idx), codegen
+
+
+@intrinsic
+def vbroadcast4(typingctx, arr, idx):
+    """Broadcast the 4 bytes at element ``idx`` of the uint8 array ``arr`` to all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        v = builder.load(builder.bitcast(p, ir.IntType(32).as_pointer()), align=1)
+        zero = ir.Constant(ir.IntType(32), 0)
+        vec = builder.insert_element(ir.Constant(_VEC, ir.Undefined), v, zero)
+        return builder.shuffle_vector(vec, ir.Constant(_VEC, ir.Undefined), ir.Constant(_VEC, None))
+    return i32x16(arr, idx), codegen
+
+
+@intrinsic
+def vdpbusd(typingctx, acc, u, s):
+    """acc[l] += sum_{t<4} u8(u[4l+t]) * s8(s[4l+t]) for the 16 lanes l (AVX-512 VNNI)."""
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, args)
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """Store the 16 int32 lanes of ``v`` at element ``idx`` of the int32 array ``arr``."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, _VEC.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, i32x16), codegen
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_weights(q):
+    """(N, K) int8 -> flat packed panels, plus (n_panels, n_quads). Zero padding to whole panels/quads."""
+    n, k = q.shape
+    n_panels = -(-n // PANEL)
+    n_panels = -(-n_panels // PANEL_ALIGN) * PANEL_ALIGN
+    n_quads = -(-k // 4)
+    padded = np.zeros((n_panels * PANEL, n_quads * 4), dtype=np.int8)
+    padded[:n, :k] = q
+    wp = padded.reshape(n_panels, PANEL, n_quads, 4).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(wp).reshape(-1), n_panels, n_quads
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True, inline="always")
+def _dequant_lanes(acc, a0, row_sums, sxb, sw, bias, has_bias, yb, o0, n_out):
+    """y[o] = float32(acc[a0 + j] - 128 * row_sums[o]) * (sx[b] * sw[o]) (+ bias[o]) for the 16 lanes."""
+    for j in range(PANEL):
+        o = o0 + j
+        if o < n_out:
+            r = np.float32(acc[a0 + j] - 128 * row_sums[o]) * (sxb * sw[o])
+            if has_bias:
+                r += bias[o]
+            yb[o] = r
+
+
+@numba.njit(parallel=True, cache=True)
+def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
+    """y = dequant(xu @ wq.T) for B = y.shape[0] rows; xu is (Bp * k4,) uint8, Bp a multiple of 4.
+
+    One task = 4 activation rows x 2 panels (32 outputs): 8 accumulator registers,
+    per 4 k: 2 weight loads, 4 broadcasts, 8 vpdpbusd. ``acc`` is int32 scratch (Bp * 16 * n_panels).
+    """
+    n_b, n_out = y.shape
+    n_row_tiles = (n_b + ROW_TILE - 1) // ROW_TILE
+    n_panel_tiles = n_panels // PANEL_TILE
+    ld = n_panels * PANEL
+    has_bias = bias.shape[0] > 0
+    for t in numba.prange(n_panel_tiles * n_row_tiles):
+        pt = t // n_row_tiles
+        b0 = (t % n_row_tiles) * ROW_TILE
+        w0 = (PANEL_TILE * pt) * n_quads * 64
+        w1 = w0 + n_quads * 64
+        x0 = b0 * k4
+        x1 = x0 + k4
+        x2 = x1 + k4
+        x3 = x2 + k4
+        a00 = vzero()
+        a01 = vzero()
+        a10 = vzero()
+        a11 = vzero()
+        a20 = vzero()
+        a21 = vzero()
+        a30 = vzero()
+        a31 = vzero()
+        for kq in range(n_quads):
+            c0 = vload(wp, w0 + 64 * kq)
+            c1 = vload(wp, w1 + 64 * kq)
+            v = vbroadcast4(xu, x0 + 4 * kq)
+            a00 = vdpbusd(a00, v, c0)
+            a01 = vdpbusd(a01, v, c1)
+            v = vbroadcast4(xu, x1 + 4 * kq)
+            a10 = vdpbusd(a10, v, c0)
+            a11 = vdpbusd(a11, v, c1)
+            v = vbroadcast4(xu, x2 + 4 * kq)
+            a20 = vdpbusd(a20, v, c0)
+            a21 = vdpbusd(a21, v, c1)
+            v = vbroadcast4(xu, x3 + 4 * kq)
+            a30 = vdpbusd(a30, v, c0)
+            a31 = vdpbusd(a31, v, c1)
+        o0 = PANEL_TILE * pt * PANEL
+        o1 = o0 + PANEL
+        vstore(acc, b0 * ld + o0, a00)
+        vstore(acc, b0 * ld + o1, a01)
+        vstore(acc, (b0 + 1) * ld + o0, a10)
+        vstore(acc, (b0 + 1) * ld + o1, a11)
+        vstore(acc, (b0 + 2) * ld + o0, a20)
+        vstore(acc, (b0 + 2) * ld + o1, a21)
+        vstore(acc, (b0 + 3) * ld + o0, a30)
+        vstore(acc, (b0 + 3) * ld + o1, a31)
+        for b in range(b0, min(b0 + ROW_TILE, n_b)):
+            _dequant_lanes(acc, b * ld + o0, row_sums, sx[b], sw, bias, has_bias, y[b], o0, n_out)
+            _dequant_lanes(acc, b * ld + o1, row_sums, sx[b], sw, bias, has_bias, y[b], o1, n_out)
+
+
+@numba.njit(parallel=True, cache=True)
+def gemv(xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
+    """y = dequant(wq @ x) for one activation row ``xu`` (uint8, length 4 * n_quads).
+
+    One task = 4 panels (64 outputs): per 4 k, 1 broadcast, 4 weight loads, 4 vpdpbusd.
+    At batch 1 every weight byte is used once, so this runs at memory speed.
+    """
+    n_out = y.shape[0]
+    has_bias = bias.shape[0] > 0
+    stride = n_quads * 64
+    sxb = sx[0]
+    for t in numba.prange(n_panels // GEMV_PANELS):
+        p0 = t * GEMV_PANELS
+        w0 = p0 * stride
+        w1 = w0 + stride
+        w2 = w1 + stride
+        w3 = w2 + stride
+        a0 = vzero()
+        a1 = vzero()
+        a2 = vzero()
+        a3 = vzero()
+        for kq in range(n_quads):
+            v = vbroadcast4(xu, 4 * kq)
+            a0 = vdpbusd(a0, v, vload(wp, w0 + 64 * kq))
+            a1 = vdpbusd(a1, v, vload(wp, w1 + 64 * kq))
+            a2 = vdpbusd(a2, v, vload(wp, w2 + 64 * kq))
+            a3 = vdpbusd(a3, v, vload(wp, w3 + 64 * kq))
+        o0 = p0 * PANEL
+        vstore(acc, o0, a0)
+        vstore(acc, o0 + PANEL, a1)
+        vstore(acc, o0 + 2 * PANEL, a2)
+        vstore(acc, o0 + 3 * PANEL, a3)
+        for j in range(GEMV_PANELS):
+            _dequant_lanes(acc, o0 + j * PANEL, row_sums, sxb, sw, bias, has_bias, y, o0 + j * PANEL, n_out)
+
+
+@numba.njit(parallel=True, cache=True)
+def matmul_int32(xu, k4, n_b, wp, n_panels, n_quads, row_sums, acc):
+    """Exact int32 ``xq @ wq.T`` (B x n_panels*16) via vpdpbusd, shift by 128 undone. For tests."""
+    ld = n_panels * PANEL
+    for t in numba.prange(n_b * n_panels):
+        b = t // n_panels
+        p = t % n_panels
+        a = vzero()
+        w0 = p * n_quads * 64
+        for kq in range(n_quads):
+            a = vdpbusd(a, vbroadcast4(xu, b * k4 + 4 * kq), vload(wp, w0 + 64 * kq))
+        vstore(acc, b * ld + p * PANEL, a)
+    for t in numba.prange(n_b):
+        for o in range(row_sums.shape[0]):
+            acc[t * ld + o] -= 128 * row_sums[o]

@@ -1,0 +1,740 @@
+"""numba kernels for sparse and int8 layers, each next to a plain NumPy reference.
+
+Every kernel computes what a ``Linear`` layer computes, ``y = x @ W.T + b``,
+with ``W`` of shape ``(out, in)`` stored in one of the formats of
+:mod:`prunekit.sparse.formats`. The ``*_reference`` functions compute the same
+thing with NumPy only; the tests hold each kernel against its reference.
+
+Why these kernels look the way they do
+--------------------------------------
+* Batch 1 (``x`` is one vector) is *memory-bound*: each weight is read once
+  and used for one multiply-add. Dense float32 reads 4 bytes per weight; CSR
+  at density ``d`` reads ``d * (4 + 2)`` bytes per weight with uint16 column
+  indices, so its best speed-up is ``4 / (6 d) = 1 / (1.5 d)``
+  (``1 / (2 d)`` with int32 indices). The CSR row loop keeps 8 partial sums so
+  that the CPU is not waiting on one chain of dependent additions.
+* Batch B > 1: each weight is used B times, the work becomes compute-bound.
+  We transpose ``x`` once to ``xt`` (shape ``(in, B)``) so that one weight
+  ``w[i, j]`` multiplies a *contiguous* row ``xt[j, :]``: the inner loop over
+  the batch is a plain SIMD loop (``acc[:] += w * xt[j, :]``).
+* ``fastmath`` stays off: results do not depend on how LLVM feels like
+  re-associating sums (the partial sums above are explicit, so the summation
+  order is fixed and the same on every run).
+* Hot paths do not allocate: pass ``out=`` to reuse an output buffer; scratch
+  buffers live with the weight object.
+
+Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
+:func:`prunekit.sparse.warmup` compiles them ahead for float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import njit
+from .._validate import check_array, fail
+from .formats import BSR, CSR, NM, Int8Weight, SparseFormat
+
+prange = range  # swapped for numba.prange when a parallel kernel is compiled
+
+__all__ = [
+    "linear",
+    "csr_spmv", "csr_spmm", "bsr_spmm", "nm_spmm", "int8_linear",
+    "csr_spmv_reference", "csr_spmm_reference", "bsr_spmm_reference", "nm_spmm_reference",
+    "int8_linear_reference", "quantize_rows_reference", "int8_matmul_int32_reference",
+    "int8_matmul_int32", "quantize_rows", "has_vnni",
+]
+
+ROWS_PER_TASK = 16  # output rows handed to one thread at a time in the batched kernels
+
+
+# =========================================================================== helpers
+
+
+@njit
+def _row_dot(start, stop, indices, data, x):
+    """sum_k data[k] * x[indices[k]] for k in [start, stop), with 8 partial sums.
+
+    Eight independent partial sums let the CPU overlap eight multiply-adds
+    instead of waiting ~4 cycles for each addition of a single running sum.
+    The order of the additions is fixed, so the result is deterministic.
+    """
+    s0 = x.dtype.type(0)
+    s1 = s0
+    s2 = s0
+    s3 = s0
+    s4 = s0
+    s5 = s0
+    s6 = s0
+    s7 = s0
+    k = start
+    while k + 8 <= stop:
+        s0 += data[k] * x[indices[k]]
+        s1 += data[k + 1] * x[indices[k + 1]]
+        s2 += data[k + 2] * x[indices[k + 2]]
+        s3 += data[k + 3] * x[indices[k + 3]]
+        s4 += data[k + 4] * x[indices[k + 4]]
+        s5 += data[k + 5] * x[indices[k + 5]]
+        s6 += data[k + 6] * x[indices[k + 6]]
+        s7 += data[k + 7] * x[indices[k + 7]]
+        k += 8
+    while k < stop:
+        s0 += data[k] * x[indices[k]]
+        k += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(parallel=True)
+def transpose_kernel(x, xt):
+    """xt[j, b] = x[b, j], in tiles of 64 columns (one tile per task)."""
+    n_b, n = x.shape
+    for t in prange((n + 63) // 64):
+        j0 = t * 64
+        j1 = min(j0 + 64, n)
+        for b in range(n_b):
+            row = x[b]
+            for j in range(j0, j1):
+                xt[j, b] = row[j]
+
+
+# =========================================================================== CSR
+
+
+def csr_spmv_reference(data, indices, indptr, shape, x, bias=None):
+    """NumPy reference: scatter the non-zeros into a dense matrix, then ``W @ x (+ b)``."""
+    w = np.zeros(shape, dtype=np.result_type(data, x))
+    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+    w[rows, indices] = data
+    y = w @ x
+    return y if bias is None else y + bias
+
+
+def csr_spmm_reference(data, indices, indptr, shape, x, bias=None):
+    """NumPy reference for the batched product ``x @ W.T (+ b)``, ``x`` of shape ``(B, in)``."""
+    w = np.zeros(shape, dtype=np.result_type(data, x))
+    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+    w[rows, indices] = data
+    y = x @ w.T
+    return y if bias is None else y + bias
+
+
+@njit(parallel=True)
+def csr_spmv_kernel(indptr, indices, data, x, bias, y):
+    """y[i] = sum over row i of data[k] * x[indices[k]]  (+ bias[i] if bias is not empty).
+
+    One output row per iteration; rows are split over the threads.
+    """
+    has_bias = bias.shape[0] > 0
+    for i in prange(y.shape[0]):
+        s = _row_dot(indptr[i], indptr[i + 1], indices, data, x)
+        if has_bias:
+            s += bias[i]
+        y[i] = s
+
+
+@njit(parallel=True)
+def csr_spmm_kernel(indptr, indices, data, xt, bias, y):
+    """y[b, i] = sum over row i of data[k] * xt[indices[k], b]  (+ bias[i]).
+
+    ``xt`` is x transposed, shape ``(in, B)``: the inner loop runs over the
+    batch, contiguous in memory, and is vectorized by LLVM. Each task handles
+    ROWS_PER_TASK output rows into a small (rows, B) tile, two non-zeros per
+    step (half the loads and stores of the tile), then writes the tile into y.
+    """
+    n_b, n_rows = y.shape
+    has_bias = bias.shape[0] > 0
+    for t in prange((n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        r1 = min(r0 + ROWS_PER_TASK, n_rows)
+        tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+        for i in range(r0, r1):
+            acc = tile[i - r0]
+            k = indptr[i]
+            stop = indptr[i + 1]
+            while k + 2 <= stop:
+                v0 = data[k]
+                v1 = data[k + 1]
+                x0 = xt[indices[k]]
+                x1 = xt[indices[k + 1]]
+                for b in range(n_b):
+                    acc[b] += v0 * x0[b] + v1 * x1[b]
+                k += 2
+            if k < stop:
+                v0 = data[k]
+                x0 = xt[indices[k]]
+                for b in range(n_b):
+                    acc[b] += v0 * x0[b]
+        for b in range(n_b):
+            yb = y[b]
+            for i in range(r0, r1):
+                s = tile[i - r0, b]
+                if has_bias:
+                    s += bias[i]
+                yb[i] = s
+
+
+def csr_spmv(w: CSR, x, bias=None, out=None, simd=None):
+    """``W @ x (+ b)`` for a CSR matrix and a vector ``x`` of length ``in``.
+
+    float32 runs on the 16-lane gather kernel of :mod:`prunekit.sparse._simd`
+    (``simd=False`` forces the scalar kernel above, e.g. to compare them).
+    """
+    x = _as_input(x, w, ndim=1)
+    out = _as_output(out, (w.shape[0],), w.dtype)
+    mod = _simd_module(w.dtype, simd)
+    kernel = csr_spmv_kernel if mod is None else mod.csr_spmv
+    kernel(w.indptr, w.indices, w.data, x, _bias(bias, w), out)
+    return out
+
+
+def csr_spmm(w: CSR, x, bias=None, out=None):
+    """``x @ W.T (+ b)`` for a CSR matrix and ``x`` of shape ``(B, in)``."""
+    x = _as_input(x, w, ndim=2)
+    out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
+    csr_spmm_kernel(w.indptr, w.indices, w.data, _transposed(x, w), _bias(bias, w), out)
+    return out
+
+
+# =========================================================================== BSR
+
+
+def bsr_spmm_reference(blocks, indices, indptr, shape, x, bias=None):
+    """NumPy reference: place each ``(R, C)`` block, then ``x @ W.T (+ b)`` (x 1-D or 2-D)."""
+    r, c = blocks.shape[1], blocks.shape[2]
+    w = np.zeros(shape, dtype=np.result_type(blocks, x))
+    for br in range(len(indptr) - 1):
+        for k in range(indptr[br], indptr[br + 1]):
+            bc = indices[k]
+            w[br * r:(br + 1) * r, bc * c:(bc + 1) * c] = blocks[k]
+    y = x @ w.T
+    return y if bias is None else y + bias
+
+
+@njit(parallel=True)
+def bsr_spmv_kernel(indptr, indices, blocks_t, x, bias, y):
+    """y = W @ x for BSR with column-major blocks ``blocks_t[k, c, i]``.
+
+    For each block column ``c`` the R outputs of the block row are updated
+    together, ``y[r0:r0+R] += blocks_t[k, c, :] * x[c0 + c]``, a short SIMD loop.
+    """
+    n_cols_blk = blocks_t.shape[1]
+    n_rows_blk = blocks_t.shape[2]
+    has_bias = bias.shape[0] > 0
+    for br in prange(indptr.shape[0] - 1):
+        r0 = br * n_rows_blk
+        acc = y[r0:r0 + n_rows_blk]
+        for i in range(n_rows_blk):
+            acc[i] = bias[r0 + i] if has_bias else 0
+        for k in range(indptr[br], indptr[br + 1]):
+            c0 = indices[k] * n_cols_blk
+            blk = blocks_t[k]
+            for c in range(n_cols_blk):
+                xv = x[c0 + c]
+                col = blk[c]
+                for i in range(n_rows_blk):
+                    acc[i] += col[i] * xv
+
+
+@njit(parallel=True)
+def bsr_spmm_kernel(indptr, indices, blocks_t, xt, bias, y):
+    """y[b, :] = W @ x[b] for BSR; ``xt`` is x transposed, shape ``(in, B)``.
+
+    One block row per task, accumulated in an (R, B) tile: for every weight of
+    a kept block, ``tile[i, :] += w[i, c] * xt[c0 + c, :]`` (contiguous over the
+    batch), two block columns per step.
+    """
+    n_cols_blk = blocks_t.shape[1]
+    n_rows_blk = blocks_t.shape[2]
+    n_b = y.shape[0]
+    has_bias = bias.shape[0] > 0
+    for br in prange(indptr.shape[0] - 1):
+        r0 = br * n_rows_blk
+        tile = np.zeros((n_rows_blk, n_b), dtype=y.dtype)
+        for k in range(indptr[br], indptr[br + 1]):
+            c0 = indices[k] * n_cols_blk
+            blk = blocks_t[k]
+            c = 0
+            while c + 2 <= n_cols_blk:
+                x0 = xt[c0 + c]
+                x1 = xt[c0 + c + 1]
+                for i in range(n_rows_blk):
+                    w0 = blk[c, i]
+                    w1 = blk[c + 1, i]
+                    acc = tile[i]
+                    for b in range(n_b):
+                        acc[b] += w0 * x0[b] + w1 * x1[b]
+                c += 2
+            if c < n_cols_blk:
+                x0 = xt[c0 + c]
+                for i in range(n_rows_blk):
+                    w0 = blk[c, i]
+                    acc = tile[i]
+                    for b in range(n_b):
+                        acc[b] += w0 * x0[b]
+        for b in range(n_b):
+            yb = y[b]
+            for i in range(n_rows_blk):
+                s = tile[i, b]
+                if has_bias:
+                    s += bias[r0 + i]
+                yb[r0 + i] = s
+
+
+def bsr_spmm(w: BSR, x, bias=None, out=None):
+    """``x @ W.T (+ b)`` for a BSR matrix; ``x`` of shape ``(in,)`` or ``(B, in)``."""
+    x = _as_input(x, w, ndim=(1, 2))
+    b = _bias(bias, w)
+    if x.ndim == 1:
+        out = _as_output(out, (w.shape[0],), w.dtype)
+        bsr_spmv_kernel(w.indptr, w.indices, w.blocks_t, x, b, out)
+    else:
+        out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
+        bsr_spmm_kernel(w.indptr, w.indices, w.blocks_t, _transposed(x, w), b, out)
+    return out
+
+
+# =========================================================================== N:M
+
+
+def nm_spmm_reference(values, positions, shape, n, m, x, bias=None):
+    """NumPy reference: rebuild the dense matrix from the packed N:M slots, then ``x @ W.T``."""
+    rows, cols = shape
+    g = cols // m
+    w = np.zeros((rows, g, m), dtype=np.result_type(values, x))
+    r_idx = np.arange(rows)[:, None, None]
+    g_idx = np.arange(g)[None, :, None]
+    np.add.at(w, (r_idx, g_idx, positions.reshape(rows, g, n).astype(np.intp)), values.reshape(rows, g, n))
+    y = x @ w.reshape(rows, cols).T
+    return y if bias is None else y + bias
+
+
+@njit(parallel=True)
+def nm_spmv_kernel(values, positions, n, m, x, bias, y):
+    """y[i] = sum_s values[i, s] * x[(s // n) * m + positions[i, s]]  (+ bias[i]).
+
+    Like a CSR row whose column index is rebuilt from the group number and a
+    1-byte position; four partial sums as in the CSR kernel.
+    """
+    n_slots = values.shape[1]
+    has_bias = bias.shape[0] > 0
+    for i in prange(values.shape[0]):
+        v = values[i]
+        p = positions[i]
+        s0 = x.dtype.type(0)
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        s = 0
+        base = 0
+        while s + 4 <= n_slots and n == 2:  # the common 2:m case, two groups per step
+            s0 += v[s] * x[base + p[s]]
+            s1 += v[s + 1] * x[base + p[s + 1]]
+            s2 += v[s + 2] * x[base + m + p[s + 2]]
+            s3 += v[s + 3] * x[base + m + p[s + 3]]
+            s += 4
+            base += 2 * m
+        while s < n_slots:
+            s0 += v[s] * x[(s // n) * m + p[s]]
+            s += 1
+        r = (s0 + s1) + (s2 + s3)
+        if has_bias:
+            r += bias[i]
+        y[i] = r
+
+
+@njit(parallel=True)
+def nm_spmm_kernel(values, positions, n, m, xt, bias, y):
+    """Batched N:M product with ``xt`` = x transposed (see :func:`csr_spmm_kernel`)."""
+    n_b, n_rows = y.shape
+    n_slots = values.shape[1]
+    has_bias = bias.shape[0] > 0
+    for t in prange((n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        r1 = min(r0 + ROWS_PER_TASK, n_rows)
+        tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+        for i in range(r0, r1):
+            acc = tile[i - r0]
+            v = values[i]
+            p = positions[i]
+            s = 0
+            while s + 2 <= n_slots:
+                v0 = v[s]
+                v1 = v[s + 1]
+                x0 = xt[(s // n) * m + p[s]]
+                x1 = xt[((s + 1) // n) * m + p[s + 1]]
+                for b in range(n_b):
+                    acc[b] += v0 * x0[b] + v1 * x1[b]
+                s += 2
+            if s < n_slots:
+                v0 = v[s]
+                x0 = xt[(s // n) * m + p[s]]
+                for b in range(n_b):
+                    acc[b] += v0 * x0[b]
+        for b in range(n_b):
+            yb = y[b]
+            for i in range(r0, r1):
+                r = tile[i - r0, b]
+                if has_bias:
+                    r += bias[i]
+                yb[i] = r
+
+
+def nm_spmm(w: NM, x, bias=None, out=None, simd=None):
+    """``x @ W.T (+ b)`` for an N:M matrix; ``x`` of shape ``(in,)`` or ``(B, in)``."""
+    x = _as_input(x, w, ndim=(1, 2))
+    b = _bias(bias, w)
+    if x.ndim == 1:
+        out = _as_output(out, (w.shape[0],), w.dtype)
+        mod = _simd_module(w.dtype, simd)
+        if mod is not None and w.n in (1, 2, 4, 8, 16):
+            mod.nm_spmv(w.values, w.positions, w.n.bit_length() - 1, w.m, x, b, out)
+        else:
+            nm_spmv_kernel(w.values, w.positions, w.n, w.m, x, b, out)
+    else:
+        out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
+        nm_spmm_kernel(w.values, w.positions, w.n, w.m, _transposed(x, w), b, out)
+    return out
+
+
+# =========================================================================== int8
+
+
+def quantize_rows_reference(x):
+    """Symmetric per-row int8 quantization: ``x[b] ~= scale[b] * q[b]``, ``scale = max|x[b]| / 127``."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
+    scale = (amax / np.float32(127.0)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def int8_matmul_int32_reference(xq, wq):
+    """Exact integer product ``xq @ wq.T`` (int8 inputs, computed in int64, returned as int32)."""
+    return (xq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.int32)
+
+
+def int8_linear_reference(w: Int8Weight, x, bias=None):
+    """Quantize x per row, multiply in integers, dequantize: ``(sx[b] * sw[i]) * acc[b, i] (+ b)``."""
+    squeeze = np.ndim(x) == 1
+    xq, sx = quantize_rows_reference(np.asarray(x, dtype=np.float32))
+    acc = int8_matmul_int32_reference(xq, w.q).astype(np.float64)
+    y = acc * sx.astype(np.float64)[:, None] * w.scales.astype(np.float64)[None, :]
+    if bias is not None:
+        y = y + bias
+    y = y.astype(w.dtype)
+    return y[0] if squeeze else y
+
+
+@njit(parallel=True)
+def quantize_rows_kernel(x, q, scale, offset):
+    """q[b, j] = rint(x[b, j] / scale[b]) + offset, scale[b] = max_j |x[b, j]| / 127.
+
+    ``offset`` is 0 for int8 output, 128 for the uint8 input of the VNNI kernel
+    (columns of q beyond x's width are filled with ``offset``, i.e. zero).
+    """
+    n_b, n = x.shape
+    for b in prange(n_b):
+        row = x[b]
+        amax = np.float32(0)
+        for j in range(n):
+            a = np.float32(abs(row[j]))
+            if a > amax:
+                amax = a
+        s = amax / np.float32(127.0)
+        scale[b] = s
+        safe = s if s > 0 else np.float32(1.0)
+        qb = q[b]
+        for j in range(n):
+            v = np.rint(np.float32(row[j]) / safe)
+            if v > 127:
+                v = 127
+            elif v < -127:
+                v = -127
+            qb[j] = np.int32(v) + offset
+        for j in range(n, qb.shape[0]):
+            qb[j] = offset
+
+
+@njit(parallel=True)
+def int8_gemm_kernel(xq, wq, sx, sw, bias, y):
+    """Portable int8 GEMM: acc = sum_k int32(xq[b, k]) * int32(wq[i, k]); y = acc * sx[b] * sw[i] (+ bias).
+
+    A plain dot product over contiguous k: LLVM turns it into ``pmaddwd``
+    (int16 pairs multiplied and added into int32 lanes). Used when the CPU has
+    no VNNI instructions; see :mod:`prunekit.sparse._vnni` for the fast path.
+    """
+    n_b, n_k = xq.shape
+    has_bias = bias.shape[0] > 0
+    for i in prange(wq.shape[0]):
+        w = wq[i]
+        for b in range(n_b):
+            x = xq[b]
+            acc = np.int32(0)
+            for k in range(n_k):
+                acc += np.int32(x[k]) * np.int32(w[k])
+            r = np.float32(acc) * (sx[b] * sw[i])
+            if has_bias:
+                r += bias[i]
+            y[b, i] = r
+
+
+@njit(parallel=True)
+def int8_matmul_int32_kernel(xq, wq, out):
+    """Exact int32 accumulators ``out = xq @ wq.T`` (portable path; for tests and teaching)."""
+    n_b, n_k = xq.shape
+    for i in prange(wq.shape[0]):
+        w = wq[i]
+        for b in range(n_b):
+            x = xq[b]
+            acc = np.int32(0)
+            for k in range(n_k):
+                acc += np.int32(x[k]) * np.int32(w[k])
+            out[b, i] = acc
+
+
+_VNNI = None
+
+
+def has_vnni() -> bool:
+    """True if the int8 kernels use the AVX-512 VNNI instruction ``vpdpbusd`` on this machine."""
+    global _VNNI
+    if _VNNI is None:
+        from . import _vnni
+
+        _VNNI = _vnni.available()
+    return _VNNI
+
+
+def _use_vnni(vnni):
+    if vnni is None:
+        return has_vnni()
+    if vnni and not has_vnni():
+        fail("vnni", "False or None on a CPU without AVX-512 VNNI", vnni)
+    return bool(vnni)
+
+
+def _int8_packed(w: Int8Weight):
+    if w._packed is None:
+        from . import _vnni
+
+        w._packed = _vnni.pack_weights(w.q)
+    return w._packed
+
+
+def quantize_rows(x, offset=0, width=None):
+    """numba version of :func:`quantize_rows_reference`; ``offset=128`` gives the uint8 VNNI input.
+
+    Returns ``(q, scale)``; ``q`` has ``width`` columns (default ``x.shape[1]``), the extra ones set to ``offset``.
+    """
+    x = np.ascontiguousarray(np.atleast_2d(x))
+    width = x.shape[1] if width is None else width
+    q = np.empty((x.shape[0], width), dtype=np.uint8 if offset else np.int8)
+    scale = np.empty(x.shape[0], dtype=np.float32)
+    quantize_rows_kernel(x, q, scale, offset)
+    return q, scale
+
+
+def int8_matmul_int32(xq, w: Int8Weight, vnni=None):
+    """Exact int32 accumulators ``xq @ w.q.T`` for int8 ``xq`` of shape (B, in)."""
+    check_array("xq", xq, ndim=2)
+    if xq.dtype != np.int8:
+        fail("xq", "an array of dtype int8", str(xq.dtype), TypeError)
+    if xq.shape[1] != w.shape[1]:
+        fail("xq", f"an array with {w.shape[1]} columns (in_features)", f"shape {xq.shape}")
+    n_b = xq.shape[0]
+    if _use_vnni(vnni):
+        from . import _vnni
+
+        wp, n_panels, n_quads = _int8_packed(w)
+        xu = np.full((n_b, 4 * n_quads), 128, dtype=np.uint8)
+        xu[:, : w.shape[1]] = xq.astype(np.int16) + 128
+        acc = np.zeros(n_b * n_panels * _vnni.PANEL, dtype=np.int32)
+        _vnni.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
+        return acc.reshape(n_b, -1)[:, : w.shape[0]].copy()
+    out = np.empty((n_b, w.shape[0]), dtype=np.int32)
+    int8_matmul_int32_kernel(np.ascontiguousarray(xq), w.q, out)
+    return out
+
+
+def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
+    """``x @ W.T (+ b)`` with int8 weights: quantize x per row, multiply in int8 with int32 sums, dequantize.
+
+    ``vnni=None`` picks the VNNI kernel when the CPU has it; ``False`` forces the portable kernel.
+    """
+    x = _as_input(x, w, ndim=(1, 2))
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    n_b = x2.shape[0]
+    b = _bias(bias, w)
+    if out is None:
+        y = np.empty((n_b, w.shape[0]), dtype=w.dtype)
+    else:
+        y = _as_output(out, (w.shape[0],) if squeeze else (n_b, w.shape[0]), w.dtype).reshape(n_b, w.shape[0])
+    if w.dtype != np.float32:
+        y32 = np.empty((n_b, w.shape[0]), dtype=np.float32)
+    else:
+        y32 = y
+    bias32 = b.astype(np.float32) if b.dtype != np.float32 else b
+    if _use_vnni(vnni):
+        from . import _vnni
+
+        wp, n_panels, n_quads = _int8_packed(w)
+        k4 = 4 * n_quads
+        rows = -(-n_b // _vnni.ROW_TILE) * _vnni.ROW_TILE if n_b > 1 else 1
+        xu, sx, acc = _workspace(w, ("vnni", rows), lambda: (
+            np.full((rows, k4), 128, dtype=np.uint8), np.zeros(rows, np.float32),
+            np.empty(rows * n_panels * _vnni.PANEL, np.int32)))
+        quantize_rows_kernel(x2, xu[:n_b], sx[:n_b], 128)
+        if n_b == 1:
+            _vnni.gemv(xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
+        else:
+            _vnni.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
+    else:
+        xq, sx = _workspace(w, ("portable", n_b), lambda: (
+            np.empty((n_b, w.shape[1]), np.int8), np.empty(n_b, np.float32)))
+        quantize_rows_kernel(x2, xq, sx, 0)
+        int8_gemm_kernel(xq, w.q, sx, w.scales, bias32, y32)
+    if y32 is not y:
+        y[...] = y32
+    return y[0] if squeeze else y
+
+
+# =========================================================================== fused Linear/ReLU chain
+
+
+@njit
+def fused_chain_kernel(x, vals, cols, meta, work, out):
+    """Run a whole chain of sparse Linear(+ReLU) layers on each row of ``x`` in one call.
+
+    Small layers at batch 1 are ruled by call overhead, not arithmetic: one
+    numba call per layer plus NumPy glue costs more than the multiply-adds.
+    So the chain is packed into four flat arrays and run here in one go:
+
+    * ``vals``  float: every layer's CSR values, then its bias (if any), concatenated
+    * ``cols``  int:   every layer's column indices, concatenated
+    * ``meta``  int64 rows, one per layer:
+      ``(n_in, n_out, ptr_offset, bias_offset or -1, relu, ptr_base)``; the layer's
+      indptr lives in ``meta_ptrs = meta[L:]`` flattened... see ``FusedChain``.
+    * ``work``  scratch, two halves of the widest layer (ping-pong between layers)
+
+    ``meta`` is a 1-D int64 array: first ``6 * L`` entries describe the layers,
+    the rest hold every layer's indptr (offsets into ``vals``/``cols``).
+    """
+    n_layers = meta[0]
+    half = work.shape[0] // 2
+    for b in range(x.shape[0]):
+        src = x[b]
+        for layer in range(n_layers):
+            d = 1 + 6 * layer
+            n_out = meta[d + 1]
+            ptr0 = meta[d + 2]
+            bias0 = meta[d + 3]
+            relu = meta[d + 4]
+            if layer == n_layers - 1:
+                dst = out[b]
+            else:
+                h = (layer % 2) * half
+                dst = work[h:h + n_out]
+            for i in range(n_out):
+                s = _row_dot(meta[ptr0 + i], meta[ptr0 + i + 1], cols, vals, src)
+                if bias0 >= 0:
+                    s += vals[bias0 + i]
+                if relu and s < 0:
+                    s = vals.dtype.type(0)
+                dst[i] = s
+            src = dst
+
+
+# =========================================================================== dispatch and helpers
+
+
+def _simd_module(dtype, simd=None):
+    """The explicit-SIMD kernels (float32 on x86-64), or None for the scalar ones."""
+    import platform
+
+    ok = dtype == np.float32 and platform.machine().lower() in ("x86_64", "amd64")
+    if simd is None:
+        simd = ok
+    elif simd and not ok:
+        fail("simd", "False or None (the SIMD kernels need float32 on x86-64)", simd)
+    if not simd:
+        return None
+    from . import _simd
+
+    return _simd
+
+
+def linear(w: SparseFormat, x, bias=None, out=None):
+    """``x @ W.T (+ b)`` for any format; ``x`` of shape ``(in,)`` or ``(B, in)``."""
+    if isinstance(w, CSR):
+        x = _as_input(x, w, ndim=(1, 2))
+        return csr_spmv(w, x, bias, out) if x.ndim == 1 else csr_spmm(w, x, bias, out)
+    if isinstance(w, BSR):
+        return bsr_spmm(w, x, bias, out)
+    if isinstance(w, NM):
+        return nm_spmm(w, x, bias, out)
+    if isinstance(w, Int8Weight):
+        return int8_linear(w, x, bias, out)
+    fail("w", "a CSR, BSR, NM or Int8Weight", type(w).__name__, TypeError)
+
+
+def _as_input(x, w, ndim):
+    """Validate ``x`` against the weight and return a C-contiguous array of the compute dtype."""
+    if not isinstance(x, np.ndarray):
+        fail("x", "a numpy.ndarray", type(x).__name__, TypeError)
+    if x.dtype.kind != "f":
+        fail("x", "a floating-point array (float32 or float64)", str(x.dtype), TypeError)
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        fail("x", f"a {want} array", f"shape {x.shape}")
+    if x.shape[-1] != w.shape[1]:
+        fail("x", f"an array whose last dimension is in_features = {w.shape[1]}", f"shape {x.shape}")
+    dtype = np.float32 if isinstance(w, Int8Weight) else w.dtype
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _as_output(out, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        fail("out", "a numpy.ndarray or None", type(out).__name__, TypeError)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        fail("out", f"a C-contiguous array of shape {shape} and dtype {np.dtype(dtype)}",
+             f"shape {out.shape}, dtype {out.dtype}")
+    return out
+
+
+_EMPTY = {}
+
+
+def _bias(bias, w):
+    dtype = np.dtype(np.float32 if isinstance(w, Int8Weight) else w.dtype)
+    if bias is None:
+        e = _EMPTY.get(dtype)
+        if e is None:
+            e = _EMPTY[dtype] = np.zeros(0, dtype=dtype)
+        return e
+    if not isinstance(bias, np.ndarray) or bias.ndim != 1 or bias.shape[0] != w.shape[0]:
+        got = f"shape {bias.shape}" if isinstance(bias, np.ndarray) else type(bias).__name__
+        fail("bias", f"None or a 1-D array of length out_features = {w.shape[0]}", got)
+    if bias.dtype.kind != "f":
+        fail("bias", "a floating-point array", str(bias.dtype), TypeError)
+    return np.ascontiguousarray(bias, dtype=dtype)
+
+
+def _workspace(w, key, make):
+    """Scratch buffers cached on the weight object (no allocation on the hot path; not thread-safe)."""
+    cache = w.__dict__.setdefault("_work", {})
+    buf = cache.get(key)
+    if buf is None:
+        buf = cache[key] = make()
+    return buf
+
+
+def _transposed(x, w):
+    """x (B, in) -> xt (in, B) in a scratch buffer cached on ``w``."""
+    n_b, n = x.shape
+    xt = _workspace(w, ("xt", n_b, x.dtype.str), lambda: np.empty((n, n_b), dtype=x.dtype))
+    transpose_kernel(x, xt)
+    return xt
