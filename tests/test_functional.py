@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import prunekit._conv_kernels as K
 import prunekit.functional as F
+from prunekit import nn
 from prunekit.tensor import Tensor, gradcheck, no_grad
 
 PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -368,6 +369,32 @@ def test_conv2d_other_input_errors():
         F.conv2d(Tensor(np.ones((1, 3, 2, 2))), w)       # smaller than the kernel
     with pytest.raises(TypeError, match="'stride'"):
         F.conv2d(Tensor(np.ones((1, 3, 5, 5))), w, stride=1.5)
+
+
+_X = np.zeros((1, 1, 5, 5))
+_W = np.zeros((1, 1, 3, 3))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: functional.py _pair/_pool_args and nn.Conv2d never check that "
+                                       "kernel_size and stride are >= 1 and padding >= 0: stride=0 or "
+                                       "kernel_size=0 raise ZeroDivisionError (in _conv_kernels.out_size, or "
+                                       "1/sqrt(0) in Conv2d init), padding=-1 silently crops the input, and a "
+                                       "negative stride is reported as a bad 'x' or 'kernel_size'")
+@pytest.mark.parametrize("call, name", [
+    (lambda: F.conv2d(Tensor(_X), Tensor(_W), stride=0), "stride"),
+    (lambda: F.conv2d(Tensor(_X), Tensor(_W), stride=-1), "stride"),
+    (lambda: F.conv2d(Tensor(_X), Tensor(_W), padding=-1), "padding"),
+    (lambda: F.max_pool2d(Tensor(_X), 0), "kernel_size"),
+    (lambda: F.max_pool2d(Tensor(_X), 2, stride=0), "stride"),
+    (lambda: F.max_pool2d(Tensor(_X), 2, stride=-1), "stride"),
+    (lambda: F.avg_pool2d(Tensor(_X), 2, stride=0), "stride"),
+    (lambda: nn.Conv2d(1, 1, 3, stride=0), "stride"),
+    (lambda: nn.Conv2d(1, 1, 0), "kernel_size"),
+], ids=["conv_stride0", "conv_stride_neg", "conv_pad_neg", "maxpool_k0", "maxpool_stride0",
+        "maxpool_stride_neg", "avgpool_stride0", "Conv2d_stride0", "Conv2d_k0"])
+def test_window_arguments_are_validated(call, name):
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        call()
 
 
 # ---------------------------------------------------------------- pooling
