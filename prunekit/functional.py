@@ -35,10 +35,14 @@ def _node(data, parents, op):
 
 
 def _pair(name, v):
+    """An int or a pair of ints -> (int, int); padding may be 0, kernel_size and stride must be >= 1."""
     if isinstance(v, numbers.Integral):
         v = (v, v)
     if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, numbers.Integral) for i in v)):
         fail(name, "an int or a pair of ints", v, TypeError)
+    low = 0 if name == "padding" else 1
+    if min(v) < low:
+        fail(name, f"an int or a pair of ints >= {low}", v)
     return int(v[0]), int(v[1])
 
 
@@ -157,9 +161,9 @@ def linear(x, weight, bias=None):
             g = out.grad
             g2 = g.reshape(-1, g.shape[-1])
             if weight.requires_grad:
-                weight._accumulate(g2.T @ x.data.reshape(-1, x.shape[-1]))
+                weight._accumulate(g2.T @ x.data.reshape(-1, x.shape[-1]), owned=True)
             if bias is not None and bias.requires_grad:
-                bias._accumulate(g2.sum(axis=0))
+                bias._accumulate(g2.sum(axis=0), owned=True)
             if x.requires_grad:
                 x._accumulate(g @ weight.data)
         out._backward = _backward
@@ -213,9 +217,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         def _backward():
             g = out.grad.transpose(0, 2, 3, 1).reshape(-1, o)
             if weight.requires_grad:
-                weight._accumulate((g.T @ cols).reshape(weight.shape))
+                weight._accumulate((g.T @ cols).reshape(weight.shape), owned=True)
             if bias is not None and bias.requires_grad:
-                bias._accumulate(g.sum(axis=0))
+                bias._accumulate(g.sum(axis=0), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
                 K.col2im_kernel(np.ascontiguousarray(g @ wmat), kh, kw, sh, sw, ph, pw, oh, ow, dx)

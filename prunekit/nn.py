@@ -87,21 +87,30 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix=""):
-        """Yield (name, module) for this module (name ``prefix``) and all below it, depth first."""
+    def named_modules(self, prefix="", _seen=None):
+        """Yield (name, module) for this module (name ``prefix``) and all below it, depth first.
+
+        A module used in two places is listed once, under its first name (as in PyTorch).
+        """
+        _seen = set() if _seen is None else _seen
+        if id(self) in _seen:
+            return
+        _seen.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name, _seen)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
     def named_parameters(self):
-        """Yield (dotted name, Parameter) pairs, e.g. ("0.weight", ...)."""
+        """Yield (dotted name, Parameter) pairs, e.g. ("0.weight", ...); a shared Parameter once."""
+        seen = set()
         for mname, m in self.named_modules():
             for pname, p in m._parameters.items():
-                if p is not None:
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
                     yield (f"{mname}.{pname}" if mname else pname), p
 
     def parameters(self):
@@ -399,6 +408,8 @@ def load_state(model: Module, path, strict: bool = True) -> Module:
     naming the file and the key.
     """
     path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"  # save() adds the suffix, so load_state accepts the same name
     try:
         with np.load(path, allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}

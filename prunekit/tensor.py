@@ -150,10 +150,21 @@ class Tensor:
         needs = _GRAD_ENABLED and any(p.requires_grad for p in parents)
         return Tensor(data, requires_grad=needs, _parents=parents if needs else (), _op=op)
 
-    def _accumulate(self, g):
-        """Add ``g`` to ``self.grad`` (never in place: ``g`` may be shared with a sibling)."""
-        if self.requires_grad:
-            self.grad = g if self.grad is None else self.grad + g
+    def _accumulate(self, g, owned=False):
+        """Add ``g`` to ``self.grad`` (never in place: ``g`` may be shared with a sibling).
+
+        A leaf (a parameter or input) gets its own writable copy in its dtype, so that
+        code may change ``.grad`` in place; ``owned=True`` says ``g`` is a fresh array
+        nobody else holds, which saves the copy.
+        """
+        if not self.requires_grad:
+            return
+        if self.grad is not None:
+            self.grad = self.grad + g
+        elif self._parents or (owned and g.dtype == self.dtype):
+            self.grad = g
+        else:
+            self.grad = np.array(g, dtype=self.dtype)
 
     def _lift(self, other) -> "Tensor":
         """Turn a number or array into a Tensor; Python numbers take ``self``'s dtype."""
@@ -336,7 +347,12 @@ class Tensor:
         """Permute axes (NumPy semantics; no axes reverses them)."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        axes = tuple(a % self.ndim for a in axes) if axes else tuple(reversed(range(self.ndim)))
+        if axes:
+            if sorted(a % self.ndim if -self.ndim <= a < self.ndim else -1 for a in axes) != list(range(self.ndim)):
+                raise ValueError(f"transpose: 'axes' must be a permutation of the {self.ndim} axes. Got {axes} instead.")
+            axes = tuple(a % self.ndim for a in axes)
+        else:
+            axes = tuple(reversed(range(self.ndim)))
         out = self._make(self.data.transpose(axes), (self,), "transpose")
         if out.requires_grad:
             def _backward():
@@ -463,16 +479,15 @@ def gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
     for i, t in enumerate(inputs):
         if not t.requires_grad:
             continue
-        numeric = np.zeros_like(t.data)
-        flat, nflat = t.data.reshape(-1), numeric.reshape(-1)
-        for j in range(flat.size):
-            old = flat[j]
-            flat[j] = old + eps
+        numeric = np.zeros(t.shape)
+        for j in np.ndindex(t.shape):  # works for non-contiguous data too
+            old = t.data[j]
+            t.data[j] = old + eps
             up = loss()
-            flat[j] = old - eps
+            t.data[j] = old - eps
             down = loss()
-            flat[j] = old
-            nflat[j] = (up - down) / (2 * eps)
+            t.data[j] = old
+            numeric[j] = (up - down) / (2 * eps)
         got = analytic[i] if analytic[i] is not None else np.zeros_like(numeric)
         if not np.allclose(got, numeric, atol=atol, rtol=rtol):
             worst = np.unravel_index(np.argmax(np.abs(got - numeric)), numeric.shape)

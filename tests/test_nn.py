@@ -81,9 +81,6 @@ def test_module_without_super_init_is_a_clear_error():
         Bad()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): nn.py named_modules/named_parameters do not skip a module "
-                                       "or Parameter already yielded (PyTorch does), so a layer used twice "
-                                       "appears twice in parameters() and an optimizer updates it twice per step")
 def test_shared_layer_is_listed_once():
     shared = nn.Linear(3, 3)
     model = nn.Sequential(shared, nn.ReLU(), shared)
@@ -356,9 +353,6 @@ def test_save_appends_the_npz_suffix(tmp_path):
     np.testing.assert_array_equal(model[0].weight.data, tiny_mlp()[0].weight.data)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): nn.save appends '.npz' to a path without it, but "
-                                       "nn.load_state does not, so save(m, 'ckpt'); load_state(m, 'ckpt') "
-                                       "fails with 'not a readable prunekit .npz file'")
 def test_load_state_accepts_the_path_given_to_save(tmp_path):
     nn.save(tiny_mlp(), tmp_path / "ckpt")
     nn.load_state(tiny_mlp(seed=5), tmp_path / "ckpt")
