@@ -553,7 +553,7 @@ def test_random_dags_with_shared_nodes(plan, n_out):
             a, b = nodes[i % len(nodes)], nodes[j % len(nodes)]
             nodes.append([lambda: a + b, lambda: a * b.tanh(), lambda: a - b.sigmoid(),
                           lambda: (a * 0.5).tanh() * b, lambda: a.sum(axis=0, keepdims=True) * b][op]())
-        out = nodes[-1]
+        out = nodes[-1] + x * y  # both leaves always take part
         for extra in nodes[-n_out:-1]:
             out = out + extra
         return out
