@@ -23,6 +23,16 @@ from ._jit import njit
 prange = range  # replaced by numba.prange when a parallel kernel is compiled
 
 
+PARALLEL_MIN_WORK = 1 << 16
+"""Below this many elements a kernel runs on one thread: waking the worker threads
+would cost more than the loop (tens of microseconds, far more on a busy machine)."""
+
+
+def pick(kernel, work):
+    """The parallel kernel for big inputs, its serial twin for small ones."""
+    return kernel if work >= PARALLEL_MIN_WORK else kernel.serial
+
+
 def out_size(size, k, stride, pad):
     """Output length of a sliding window: floor((size + 2 pad - k) / stride) + 1."""
     return (size + 2 * pad - k) // stride + 1

@@ -31,6 +31,7 @@ class LazyKernel:
         self.py_func = py_func
         self.options = {"cache": True, **options}
         self._dispatcher = None
+        self._serial = None
         self.__name__ = py_func.__name__
         self.__qualname__ = py_func.__qualname__
         self.__doc__ = py_func.__doc__
@@ -54,6 +55,24 @@ class LazyKernel:
                             g[name] = callee.compiled()
                     self._dispatcher = numba.njit(**self.options)(self.py_func)
         return self._dispatcher
+
+    @property
+    def serial(self) -> "LazyKernel":
+        """The same kernel compiled without ``parallel``: for small inputs, where starting
+        the worker threads costs more than the loop, or on a machine already busy."""
+        if not self.options.get("parallel"):
+            return self
+        if self._serial is None:
+            import types
+
+            f = self.py_func
+            twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
+            # a distinct qualname gives the on-disk cache its own file for this variant
+            twin.__qualname__ = f.__qualname__ + "_serial"
+            twin.__module__ = f.__module__
+            twin.__doc__ = f.__doc__
+            self._serial = LazyKernel(twin, {**self.options, "parallel": False})
+        return self._serial
 
     def __call__(self, *args):
         d = self._dispatcher

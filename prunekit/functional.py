@@ -185,7 +185,7 @@ def im2col(x, kernel_size, stride=1, padding=0) -> np.ndarray:
     n, c, h, w = x.shape
     oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
     cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
-    K.im2col_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    K.pick(K.im2col_kernel, cols.size)(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
     return cols
 
 
@@ -222,7 +222,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
                 bias._accumulate(g.sum(axis=0), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
-                K.col2im_kernel(np.ascontiguousarray(g @ wmat), kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                K.pick(K.col2im_kernel, dx.size)(np.ascontiguousarray(g @ wmat), kh, kw, sh, sw, ph, pw, oh, ow, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out
@@ -250,12 +250,12 @@ def max_pool2d(x, kernel_size, stride=None):
     xd = np.ascontiguousarray(x.data)
     y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
-    K.max_pool_kernel(xd, kh, kw, sh, sw, y, arg)
+    K.pick(K.max_pool_kernel, xd.size)(xd, kh, kw, sh, sw, y, arg)
     out = _node(y, (x,), "max_pool2d")
     if out.requires_grad:
         def _backward():
             dx = np.empty(x.shape, dtype=x.dtype)
-            K.max_pool_backward_kernel(np.ascontiguousarray(out.grad), arg, kh, kw, sh, sw, dx)
+            K.pick(K.max_pool_backward_kernel, dx.size)(np.ascontiguousarray(out.grad), arg, kh, kw, sh, sw, dx)
             x._accumulate(dx)
         out._backward = _backward
     return out
