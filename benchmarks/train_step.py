@@ -1,6 +1,6 @@
 """Time one SGD training step (forward, backward, update) of prunekit against PyTorch CPU.
 
-    python benchmarks/train_step.py [--reps 200] [--batch 128]
+    python benchmarks/train_step.py [--reps 200] [--batch 128] [--threads N]
 
 Both frameworks get the same model, the same initial weights, the same batch and
 the same number of threads. Steps are interleaved in short blocks (prunekit, torch, prunekit, ...)
@@ -12,9 +12,26 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
-import numpy as np
+
+def _threads_from_argv(default=None):
+    """--threads must be known before NumPy starts its BLAS thread pool."""
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return default
+
+
+_T = _threads_from_argv()
+if _T:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = _T
+
+import numpy as np  # noqa: E402
 
 import prunekit as pk
 from prunekit import functional as F
@@ -96,6 +113,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for BLAS, numba and torch alike (default: all cores)")
     args = ap.parse_args()
     if torch is None:
         print("train_step.py: PyTorch is not installed (pip install -e '.[bench]'); skipping.")

@@ -171,12 +171,21 @@ def linear(x, weight, bias=None):
 
 
 # ------------------------------------------------------------- convolution
+def _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
+    """Patches as columns: (C*kh*kw, N*OH*OW), the layout the kernels fill fastest."""
+    n, c = x.shape[:2]
+    cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    K.pick(K.im2col_kernel, cols.size)(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    return cols
+
+
 def im2col(x, kernel_size, stride=1, padding=0) -> np.ndarray:
     """Unfold every (C, kh, kw) patch of ``x`` (N, C, H, W) into a row.
 
     Returns an array of shape (N*OH*OW, C*kh*kw): row (n, oh, ow), column order
     matching ``weight.reshape(out_channels, -1)``, so a convolution is one matrix
-    product ``cols @ weight.reshape(O, -1).T``.
+    product ``cols @ weight.reshape(O, -1).T``. (The array is a transposed view of
+    the column-major patch matrix that ``conv2d`` uses internally.)
     """
     x = x.data if isinstance(x, Tensor) else np.asarray(x)
     kh, kw = _pair("kernel_size", kernel_size)
@@ -184,16 +193,14 @@ def im2col(x, kernel_size, stride=1, padding=0) -> np.ndarray:
     ph, pw = _pair("padding", padding)
     n, c, h, w = x.shape
     oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
-    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
-    K.pick(K.im2col_kernel, cols.size)(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
-    return cols
+    return _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow).T
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with (O, C, kh, kw) ``weight``.
 
-    Computed as im2col followed by one matrix product; backward is the transposed
-    product followed by col2im (the adjoint of im2col).
+    Computed as im2col followed by one matrix product, ``W (O, C*kh*kw) @ cols``;
+    backward is the transposed product followed by col2im (the adjoint of im2col).
     """
     x = _t(x)
     if x.ndim != 4:
@@ -207,22 +214,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
     if oh < 1 or ow < 1:
         fail("x", f"an input of at least the kernel size {(kh, kw)} after padding", f"shape {x.shape}")
-    cols = im2col(x.data, (kh, kw), (sh, sw), (ph, pw))
+    cols = _im2col(x.data, kh, kw, sh, sw, ph, pw, oh, ow)
     wmat = weight.data.reshape(o, -1)
-    y = cols @ wmat.T
+    y = wmat @ cols                                   # (O, N*OH*OW)
     if bias is not None:
-        y += bias.data
-    out = _node(np.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)), (x, weight, bias), "conv2d")
+        y += bias.data[:, None]
+    out = _node(np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)), (x, weight, bias), "conv2d")
     if out.requires_grad:
         def _backward():
-            g = out.grad.transpose(0, 2, 3, 1).reshape(-1, o)
+            g = np.ascontiguousarray(out.grad.transpose(1, 0, 2, 3)).reshape(o, -1)
             if weight.requires_grad:
-                weight._accumulate((g.T @ cols).reshape(weight.shape), owned=True)
+                weight._accumulate((g @ cols.T).reshape(weight.shape), owned=True)
             if bias is not None and bias.requires_grad:
-                bias._accumulate(g.sum(axis=0), owned=True)
+                bias._accumulate(g.sum(axis=1), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
-                K.pick(K.col2im_kernel, dx.size)(np.ascontiguousarray(g @ wmat), kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                K.pick(K.col2im_kernel, dx.size)(wmat.T @ g, kh, kw, sh, sw, ph, pw, oh, ow, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out

@@ -561,11 +561,12 @@ def test_im2col_kernel_reference_and_loops_agree(geom, seed):
     shape, (kh, kw, sh, sw, ph, pw), dtype = geom
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     oh, ow = K.out_size(shape[2], kh, sh, ph), K.out_size(shape[3], kw, sw, pw)
-    cols = np.full((shape[0] * oh * ow, shape[1] * kh * kw), np.nan, dtype=dtype)
+    # the kernels store patches as columns: (C*kh*kw, N*OH*OW), the transpose of the loops' rows
+    cols = np.full((shape[1] * kh * kw, shape[0] * oh * ow), np.nan, dtype=dtype)
     K.im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
     ref = K.im2col_reference(x, kh, kw, sh, sw, ph, pw)
     loops = naive_im2col(x, kh, kw, sh, sw, ph, pw)
-    np.testing.assert_array_equal(ref, loops)
+    np.testing.assert_array_equal(ref.T, loops)
     np.testing.assert_array_equal(cols, ref)
     np.testing.assert_array_equal(F.im2col(x, (kh, kw), (sh, sw), (ph, pw)), loops)
 
@@ -578,8 +579,8 @@ def test_col2im_kernel_reference_and_loops_agree_and_are_the_adjoint(geom, seed)
     oh, ow = K.out_size(shape[2], kh, sh, ph), K.out_size(shape[3], kw, sw, pw)
     cols = rng.standard_normal((shape[0] * oh * ow, shape[1] * kh * kw)).astype(dtype)
     out = np.full(shape, np.nan, dtype=dtype)  # the kernel must overwrite, not add to, its output
-    K.col2im_kernel(cols, kh, kw, sh, sw, ph, pw, oh, ow, out)
-    ref = K.col2im_reference(cols, shape, kh, kw, sh, sw, ph, pw)
+    K.col2im_kernel(np.ascontiguousarray(cols.T), kh, kw, sh, sw, ph, pw, oh, ow, out)
+    ref = K.col2im_reference(np.ascontiguousarray(cols.T), shape, kh, kw, sh, sw, ph, pw)
     loops = naive_col2im(cols, shape, kh, kw, sh, sw, ph, pw)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(ref, loops, rtol=tol, atol=tol)
@@ -635,9 +636,9 @@ def test_kernels_pure_python_versions_match_reference():
     """``py_func`` is the uncompiled kernel: same code path a learner steps through in a debugger."""
     x = np.random.default_rng(40).standard_normal((1, 2, 4, 5))
     oh, ow = K.out_size(4, 3, 1, 1), K.out_size(5, 2, 2, 1)
-    cols = np.empty((oh * ow, 2 * 3 * 2))
+    cols = np.empty((2 * 3 * 2, oh * ow))
     K.im2col_kernel.py_func(x, 3, 2, 1, 2, 1, 1, oh, ow, cols)
-    np.testing.assert_array_equal(cols, naive_im2col(x, 3, 2, 1, 2, 1, 1))
+    np.testing.assert_array_equal(cols.T, naive_im2col(x, 3, 2, 1, 2, 1, 1))
 
 
 def test_no_grad_conv_and_pool_build_no_graph():
