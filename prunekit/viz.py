@@ -177,3 +177,186 @@ def show_images(images, labels=None, predictions=None, class_names=None, ncols=8
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning plots (notebooks 03 and 04, and the pruning explorer in widgets.py)
+# ---------------------------------------------------------------------------------------------
+__all__ += ["plot_score_vs_oracle", "plot_sparsity_curves", "plot_weight_histogram", "plot_mask",
+            "plot_layer_sparsity"]
+
+
+def _flat_values(values):
+    """A dict of arrays (concatenated in order) or one array, as a flat float64 vector."""
+    if isinstance(values, dict):
+        if not values:
+            fail("scores", "a non-empty dict {name: array} or an array", "an empty dict")
+        return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in values.values()])
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def plot_score_vs_oracle(score, oracle, ax=None, name="score", log=True, rho=None, max_points=20000,
+                         seed=0, figsize=(4, 3.5)):
+    """Scatter of a cheap importance score (x) against the exact loss change (y), one dot per weight.
+
+    ``score`` and ``oracle`` are arrays of the same size, or dicts ``{name: array}``
+    with the same keys (as :func:`prunekit.pruning.compute_scores` returns). A perfect
+    score lies on an increasing curve: only the *order* matters for pruning, which is
+    what Spearman's rank correlation ``rho`` (shown in the title; computed here if not
+    given) measures. With ``log=True`` both axes are logarithmic and the weights where
+    either value is not positive (e.g. exactly 0) are left out; the legend says how
+    many. At most ``max_points`` dots are drawn (a seeded random sample). Returns the Axes.
+    """
+    x, y = _flat_values(score), _flat_values(oracle)
+    if x.shape != y.shape:
+        fail("oracle", f"as many values as score ({x.size})", y.size)
+    if rho is None:
+        from .pruning import spearman
+
+        rho = spearman(x, y)
+    ax = _new_axes(ax, figsize)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if log:
+        keep &= (x > 0) & (y > 0)
+    idx = np.flatnonzero(keep)
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_points, replace=False))
+    left_out = x.size - int(keep.sum())
+    label = f"{idx.size:,} weights" + (f" ({left_out:,} at 0, not shown)" if left_out else "")
+    ax.scatter(x[idx], y[idx], s=4, alpha=0.35, linewidths=0, label=label)
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(f"{name} score")
+    ax.set_ylabel("exact |loss change| when removed")
+    ax.set_title(f"{name}: Spearman rho = {rho:.2f}")
+    ax.legend(fontsize="x-small", loc="upper left", markerscale=3)
+    return ax
+
+
+def plot_sparsity_curves(curves, ax=None, baseline=None, ylabel="test accuracy", title=None,
+                         styles=None, figsize=(6, 4)):
+    """Accuracy (or any metric) against sparsity, one line per method, the dense model dashed.
+
+    ``curves`` maps a legend label to a pair ``(sparsities, values)``, sparsities as
+    fractions in [0, 1] (drawn in %). ``baseline`` (e.g. the dense accuracy) is drawn
+    as a horizontal dashed line. ``styles`` optionally maps a label to keyword
+    arguments for ``ax.plot`` (e.g. ``{"random": {"color": "gray", "linestyle": ":"}}``).
+    Returns the Axes.
+    """
+    if not isinstance(curves, dict) or not curves:
+        fail("curves", "a non-empty dict {label: (sparsities, values)}", type(curves).__name__, TypeError)
+    ax = _new_axes(ax, figsize)
+    for label, c in curves.items():
+        if not (isinstance(c, (tuple, list)) and len(c) == 2):
+            fail(f"curves[{label!r}]", "a pair (sparsities, values)", type(c).__name__, TypeError)
+        s, v = np.asarray(c[0], dtype=np.float64), np.asarray(c[1], dtype=np.float64)
+        if s.ndim != 1 or s.shape != v.shape:
+            fail(f"curves[{label!r}]", "two 1-D arrays of equal length", f"shapes {s.shape} and {v.shape}")
+        if np.any((s < 0) | (s > 1)):
+            fail(f"curves[{label!r}]", "sparsities as fractions in [0, 1]", f"values up to {s.max():g}")
+        kw = {"marker": "o", "markersize": 4, **((styles or {}).get(label, {}))}
+        ax.plot(100 * s, v, label=str(label), **kw)
+    if baseline is not None:
+        ax.axhline(float(baseline), color="black", linestyle="--", linewidth=1, label="dense")
+    ax.set_xlabel("sparsity (% of weights removed)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_weight_histogram(weights, mask, ax=None, bins=80, threshold=None, logy=True, title=None,
+                          figsize=(5, 3.5)):
+    """Histogram of a layer's weights, the kept ones and the pruned ones stacked in two colours.
+
+    ``weights`` are the values *before* pruning; ``mask`` is 1 (kept) / 0 (pruned), same
+    shape. ``threshold`` (magnitude pruning) draws the cut at ``+-threshold``: every
+    weight inside the band is pruned. ``logy`` shows the counts on a log scale, so the
+    few large weights stay visible. Returns the Axes.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    m = np.asarray(mask).reshape(-1)
+    if w.shape != m.shape:
+        fail("mask", f"an array with as many entries as weights ({w.size})", m.size)
+    check_int("bins", bins, 1)
+    ax = _new_axes(ax, figsize)
+    edges = np.histogram_bin_edges(w, bins=bins)
+    kept, _ = np.histogram(w[m != 0], bins=edges)
+    pruned, _ = np.histogram(w[m == 0], bins=edges)
+    ax.stairs(kept + pruned, edges, fill=True, color="tab:red", alpha=0.75, label=f"pruned ({(m == 0).mean():.1%})")
+    ax.stairs(kept, edges, fill=True, color="tab:blue", label="kept")
+    if threshold is not None:
+        for t in (-threshold, threshold):
+            ax.axvline(t, color="black", linestyle="--", linewidth=1)
+    if logy:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.8)
+    ax.set_xlabel("weight value (before pruning)")
+    ax.set_ylabel("number of weights" + (" (log)" if logy else ""))
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_mask(mask, ax=None, image_shape=None, title=None, cmap="Greys", figsize=(6, 3)):
+    """A layer's mask as an image: dark = kept, white = pruned.
+
+    For a ``Linear`` weight (out, in) each row is an output neuron and each column an
+    input. With ``image_shape`` (e.g. (28, 28) for the first layer of an MNIST model)
+    it shows instead, for every input pixel, how many of its outgoing connections are
+    kept: where in the image the pruned network still looks. Returns the Axes.
+    """
+    m = np.asarray(mask, dtype=np.float64)
+    if m.ndim < 2:
+        fail("mask", "a 2-D (or higher) mask array", f"shape {m.shape}")
+    m = m.reshape(m.shape[0], -1)
+    ax = _new_axes(ax, figsize)
+    if image_shape is not None:
+        if int(np.prod(image_shape)) != m.shape[1]:
+            fail("image_shape", f"a shape with {m.shape[1]} pixels (the layer's inputs)", image_shape)
+        img = ax.imshow(m.sum(axis=0).reshape(image_shape), cmap="viridis", vmin=0, vmax=m.shape[0])
+        ax.figure.colorbar(img, ax=ax, label="kept connections")
+        ax.set_xlabel("pixel column")
+        ax.set_ylabel("pixel row")
+    else:
+        # "antialiased": a mask larger than its on-screen size is shown as local density (grey), not aliased
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="antialiased")
+        ax.set_xlabel("input index")
+        ax.set_ylabel("output neuron")
+    ax.set_title(title if title is not None else f"mask: {m.mean():.1%} of the weights kept")
+    return ax
+
+
+def plot_layer_sparsity(reports, ax=None, title=None, figsize=(6, 3.5)):
+    """Grouped bars: the sparsity of every layer, for one or several pruning runs.
+
+    ``reports`` maps a legend label to a :class:`prunekit.pruning.SparsityReport` or a
+    dict ``{layer: sparsity}`` (a ``"total"`` key is drawn as its own group).
+    Returns the Axes.
+    """
+    if not isinstance(reports, dict) or not reports:
+        fail("reports", "a non-empty dict {label: SparsityReport or {layer: sparsity}}",
+             type(reports).__name__, TypeError)
+    table = {label: (r.as_dict() if hasattr(r, "as_dict") else dict(r)) for label, r in reports.items()}
+    layers = list(next(iter(table.values())))
+    ax = _new_axes(ax, figsize)
+    width = 0.8 / len(table)
+    xs = np.arange(len(layers))
+    for i, (label, d) in enumerate(table.items()):
+        missing = [k for k in layers if k not in d]
+        if missing:
+            fail(f"reports[{label!r}]", f"the layers {layers}", f"missing {missing}")
+        ax.bar(xs + (i - (len(table) - 1) / 2) * width, [100 * d[k] for k in layers], width, label=str(label))
+    ax.set_xticks(xs, layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("sparsity (% pruned)")
+    ax.set_ylim(0, 100)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+    return ax
