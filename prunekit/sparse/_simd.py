@@ -200,6 +200,24 @@ def vadd(typingctx, a, b):
 
 
 @intrinsic
+def vsplat(typingctx, value):
+    """16 copies of one float32."""
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], _FV)
+    return f32x16(types.float32), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, k, v):
+    """``arr[k : k + 16] = v``."""
+    def codegen(context, builder, sig, args):
+        p = builder.gep(_data(context, builder, sig.args[0], args[0]), [args[1]])
+        builder.store(args[2], builder.bitcast(p, _FV.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(arr, k, f32x16), codegen
+
+
+@intrinsic
 def vsum(typingctx, v):
     """Sum of the 16 lanes in a fixed tree: (0..7 + 8..15), then (0..3 + 4..7), ..."""
     def codegen(context, builder, sig, args):
@@ -217,7 +235,7 @@ def vsum(typingctx, v):
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit
+@njit(inline="always")
 def row_dot(start, stop, indices, data, x):
     """sum_k data[k] * x[indices[k]] over [start, stop) in 16 lanes (2 accumulators)."""
     a0 = vzero()
@@ -235,11 +253,21 @@ def row_dot(start, stop, indices, data, x):
     return vsum(vadd(a0, a1))
 
 
+# Every kernel below comes in two parts: ``*_rows(r0, r1, ...)``, a plain loop over
+# output rows r0..r1, and a parallel wrapper that hands chunks of rows to the
+# threads. Small products call ``*_rows`` over all rows directly: starting the
+# threads costs a few microseconds (much more on a busy machine), more than a
+# small layer's arithmetic. ``*_rows`` are compiled with parallel=True although
+# they have no prange; see the note at the top of kernels.py.
+
+CHUNK = 64  # rows per task in the batch-1 parallel wrappers
+
+
 @njit(parallel=True)
-def csr_spmv(indptr, indices, data, x, bias, y):
-    """y[i] = row i . x (+ bias[i]); float32 only."""
+def csr_spmv_rows(r0, r1, indptr, indices, data, x, bias, y):
+    """y[i] = row i . x (+ bias[i]) for r0 <= i < r1; float32 only."""
     has_bias = bias.shape[0] > 0
-    for i in numba.prange(y.shape[0]):
+    for i in range(r0, r1):
         s = row_dot(indptr[i], indptr[i + 1], indices, data, x)
         if has_bias:
             s += bias[i]
@@ -247,12 +275,19 @@ def csr_spmv(indptr, indices, data, x, bias, y):
 
 
 @njit(parallel=True)
-def nm_spmv(values, positions, shift, m, x, bias, y):
+def csr_spmv(indptr, indices, data, x, bias, y):
+    n = y.shape[0]
+    for t in numba.prange((n + CHUNK - 1) // CHUNK):
+        csr_spmv_rows(t * CHUNK, min(t * CHUNK + CHUNK, n), indptr, indices, data, x, bias, y)
+
+
+@njit(parallel=True)
+def nm_spmv_rows(r0, r1, values, positions, shift, m, x, bias, y):
     """N:M with ``n = 2 ** shift`` slots per group; 16 slots (16 >> shift groups) per step."""
     n_slots = values.shape[1]
     has_bias = bias.shape[0] > 0
     step_cols = (LANES >> shift) * m
-    for i in numba.prange(values.shape[0]):
+    for i in range(r0, r1):
         v = values[i]
         p = positions[i]
         a0 = vzero()
@@ -271,9 +306,29 @@ def nm_spmv(values, positions, shift, m, x, bias, y):
         y[i] = s
 
 
-@njit
+@njit(parallel=True)
+def nm_spmv(values, positions, shift, m, x, bias, y):
+    n = y.shape[0]
+    for t in numba.prange((n + CHUNK - 1) // CHUNK):
+        nm_spmv_rows(t * CHUNK, min(t * CHUNK + CHUNK, n), values, positions, shift, m, x, bias, y)
+
+
+@njit(inline="always")
+def dense_dot(off, n, vals, x):
+    """sum_j vals[off + j] * x[j] for j < n in 16 lanes."""
+    a0 = vzero()
+    j = 0
+    while j + LANES <= n:
+        a0 = vmuladd(a0, vload(vals, off + j), vload(x, j))
+        j += LANES
+    if j < n:
+        a0 = vmuladd(a0, vload_n(vals, off + j, n - j), vload_n(x, j, n - j))
+    return vsum(a0)
+
+
+@njit(parallel=True)  # no prange inside: see the note above csr_spmv_rows
 def fused_chain(x, vals, cols, meta, work, out):
-    """SIMD version of :func:`prunekit.sparse.kernels.fused_chain_kernel` (same arguments)."""
+    """SIMD version of :func:`prunekit.sparse.kernels.fused_chain_kernel` (same arguments, float32)."""
     n_layers = meta[0]
     half = work.shape[0] // 2
     zero = np.float32(0)
@@ -281,20 +336,124 @@ def fused_chain(x, vals, cols, meta, work, out):
         src = x[b]
         for layer in range(n_layers):
             d = 1 + 6 * layer
-            n_out = meta[d + 1]
-            ptr0 = meta[d + 2]
-            bias0 = meta[d + 3]
-            relu = meta[d + 4]
+            kind = meta[d]
+            n_in = meta[d + 1]
+            n_out = meta[d + 2]
+            where = meta[d + 3]
+            bias0 = meta[d + 4]
+            relu = meta[d + 5]
             if layer == n_layers - 1:
                 dst = out[b]
             else:
                 h = (layer % 2) * half
                 dst = work[h:h + n_out]
             for i in range(n_out):
-                s = row_dot(meta[ptr0 + i], meta[ptr0 + i + 1], cols, vals, src)
+                if kind == 0:
+                    s = row_dot(meta[where + i], meta[where + i + 1], cols, vals, src)
+                else:
+                    s = dense_dot(where + i * n_in, n_in, vals, src)
                 if bias0 >= 0:
                     s += vals[bias0 + i]
                 if relu and s < zero:
                     s = zero
                 dst[i] = s
             src = dst
+
+
+ROWS_PER_TASK = 16
+
+
+@njit(inline="always")
+def row_times_xt(start, stop, indices, data, xt, ldx, tile, out):
+    """tile[out + b] = sum_k data[k] * xt[indices[k] * ldx + b] for every batch lane b < ldx.
+
+    Groups of 64 lanes use four registers (one broadcast, four loads, four
+    multiply-adds per non-zero), the rest one register per 16 lanes.
+    """
+    b0 = 0
+    while b0 + 4 * LANES <= ldx:
+        a0 = vzero()
+        a1 = vzero()
+        a2 = vzero()
+        a3 = vzero()
+        for k in range(start, stop):
+            v = vsplat(data[k])
+            j = np.int64(indices[k]) * ldx + b0
+            a0 = vmuladd(a0, v, vload(xt, j))
+            a1 = vmuladd(a1, v, vload(xt, j + LANES))
+            a2 = vmuladd(a2, v, vload(xt, j + 2 * LANES))
+            a3 = vmuladd(a3, v, vload(xt, j + 3 * LANES))
+        vstore(tile, out + b0, a0)
+        vstore(tile, out + b0 + LANES, a1)
+        vstore(tile, out + b0 + 2 * LANES, a2)
+        vstore(tile, out + b0 + 3 * LANES, a3)
+        b0 += 4 * LANES
+    while b0 < ldx:
+        a0 = vzero()
+        for k in range(start, stop):
+            a0 = vmuladd(a0, vsplat(data[k]), vload(xt, np.int64(indices[k]) * ldx + b0))
+        vstore(tile, out + b0, a0)
+        b0 += LANES
+
+
+@njit(inline="always")
+def store_tile(tile, ldx, r0, r1, bias, y):
+    """y[b, r0:r1] = tile rows (transposed back) + bias."""
+    has_bias = bias.shape[0] > 0
+    for b in range(y.shape[0]):
+        yb = y[b]
+        for i in range(r0, r1):
+            s = tile[(i - r0) * ldx + b]
+            if has_bias:
+                s += bias[i]
+            yb[i] = s
+
+
+@njit(parallel=True)
+def csr_spmm_rows(r0, r1, indptr, indices, data, xt, ldx, bias, y):
+    """Rows r0..r1 of y = x @ W.T (+ bias) with the batch in SIMD lanes.
+
+    ``xt`` is x transposed and flattened: ``xt[j * ldx + b] = x[b, j]``, ``ldx`` a
+    multiple of 16 (padding lanes are zero). The rows go into a (rows, ldx)
+    tile, written transposed into y at the end.
+    """
+    tile = np.empty((r1 - r0) * ldx, dtype=np.float32)
+    for i in range(r0, r1):
+        row_times_xt(indptr[i], indptr[i + 1], indices, data, xt, ldx, tile, (i - r0) * ldx)
+    store_tile(tile, ldx, r0, r1, bias, y)
+
+
+@njit(parallel=True)
+def csr_spmm(indptr, indices, data, xt, ldx, bias, y):
+    n = y.shape[1]
+    for t in numba.prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        csr_spmm_rows(r0, min(r0 + ROWS_PER_TASK, n), indptr, indices, data, xt, ldx, bias, y)
+
+
+@njit(parallel=True)
+def nm_spmm_rows(r0, r1, values, positions, n, m, xt, ldx, bias, y):
+    """N:M version of :func:`csr_spmm_rows`: each row's columns are rebuilt from group and position."""
+    n_slots = values.shape[1]
+    tile = np.empty((r1 - r0) * ldx, dtype=np.float32)
+    cols = np.empty(n_slots, dtype=np.int32)
+    for i in range(r0, r1):
+        p = positions[i]
+        g = 0
+        t_in_group = 0
+        for s in range(n_slots):
+            cols[s] = g + p[s]
+            t_in_group += 1
+            if t_in_group == n:
+                t_in_group = 0
+                g += m
+        row_times_xt(0, n_slots, cols, values[i], xt, ldx, tile, (i - r0) * ldx)
+    store_tile(tile, ldx, r0, r1, bias, y)
+
+
+@njit(parallel=True)
+def nm_spmm(values, positions, n, m, xt, ldx, bias, y):
+    n_rows = y.shape[1]
+    for t in numba.prange((n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        nm_spmm_rows(r0, min(r0 + ROWS_PER_TASK, n_rows), values, positions, n, m, xt, ldx, bias, y)

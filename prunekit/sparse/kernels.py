@@ -28,6 +28,8 @@ Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .._jit import njit
@@ -35,6 +37,14 @@ from .._validate import check_array, fail
 from .formats import BSR, CSR, NM, Int8Weight, SparseFormat
 
 prange = range  # swapped for numba.prange when a parallel kernel is compiled
+
+# The ``*_rows`` kernels are compiled with parallel=True although they have no
+# prange: numba's parallel pipeline then drops the reference-count updates that
+# a plain @njit does for every row (atomic operations, ~10 ns each; measured 2-3x
+# slower on LeNet-sized layers). numba warns that nothing was parallelized; for
+# our kernels that is the intent, so that one warning is silenced (ours only).
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*parallel=True' was specified but no transformation.*prunekit[/\\]sparse[/\\]")
 
 __all__ = [
     "linear",
@@ -45,6 +55,8 @@ __all__ = [
 ]
 
 ROWS_PER_TASK = 16  # output rows handed to one thread at a time in the batched kernels
+CHUNK = 64  # output rows per task in the batch-1 kernels
+PARALLEL_MIN_WORK = 50_000  # multiply-adds below which a product runs on one thread (no thread start-up)
 
 
 # =========================================================================== helpers
@@ -118,13 +130,10 @@ def csr_spmm_reference(data, indices, indptr, shape, x, bias=None):
 
 
 @njit(parallel=True)
-def csr_spmv_kernel(indptr, indices, data, x, bias, y):
-    """y[i] = sum over row i of data[k] * x[indices[k]]  (+ bias[i] if bias is not empty).
-
-    One output row per iteration; rows are split over the threads.
-    """
+def csr_spmv_rows(r0, r1, indptr, indices, data, x, bias, y):
+    """y[i] = sum over row i of data[k] * x[indices[k]]  (+ bias[i] if bias is not empty), r0 <= i < r1."""
     has_bias = bias.shape[0] > 0
-    for i in prange(y.shape[0]):
+    for i in range(r0, r1):
         s = _row_dot(indptr[i], indptr[i + 1], indices, data, x)
         if has_bias:
             s += bias[i]
@@ -132,65 +141,95 @@ def csr_spmv_kernel(indptr, indices, data, x, bias, y):
 
 
 @njit(parallel=True)
-def csr_spmm_kernel(indptr, indices, data, xt, bias, y):
-    """y[b, i] = sum over row i of data[k] * xt[indices[k], b]  (+ bias[i]).
+def csr_spmv_kernel(indptr, indices, data, x, bias, y):
+    """All rows of :func:`csr_spmv_rows`, chunks of CHUNK rows split over the threads."""
+    n = y.shape[0]
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        csr_spmv_rows(t * CHUNK, min(t * CHUNK + CHUNK, n), indptr, indices, data, x, bias, y)
+
+
+@njit(parallel=True)
+def csr_spmm_rows(r0, r1, indptr, indices, data, xt, bias, y):
+    """y[b, i] = sum over row i of data[k] * xt[indices[k], b]  (+ bias[i]), r0 <= i < r1.
 
     ``xt`` is x transposed, shape ``(in, B)``: the inner loop runs over the
-    batch, contiguous in memory, and is vectorized by LLVM. Each task handles
-    ROWS_PER_TASK output rows into a small (rows, B) tile, two non-zeros per
-    step (half the loads and stores of the tile), then writes the tile into y.
+    batch, contiguous in memory, and LLVM vectorizes it. The rows go into a
+    (rows, B) tile, two non-zeros per step (half the loads and stores of the
+    tile), then the tile is written transposed into y.
     """
-    n_b, n_rows = y.shape
+    n_b = y.shape[0]
     has_bias = bias.shape[0] > 0
-    for t in prange((n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0 = t * ROWS_PER_TASK
-        r1 = min(r0 + ROWS_PER_TASK, n_rows)
-        tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+    tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+    for i in range(r0, r1):
+        acc = tile[i - r0]
+        k = indptr[i]
+        stop = indptr[i + 1]
+        while k + 2 <= stop:
+            v0 = data[k]
+            v1 = data[k + 1]
+            x0 = xt[indices[k]]
+            x1 = xt[indices[k + 1]]
+            for b in range(n_b):
+                acc[b] += v0 * x0[b] + v1 * x1[b]
+            k += 2
+        if k < stop:
+            v0 = data[k]
+            x0 = xt[indices[k]]
+            for b in range(n_b):
+                acc[b] += v0 * x0[b]
+    for b in range(n_b):
+        yb = y[b]
         for i in range(r0, r1):
-            acc = tile[i - r0]
-            k = indptr[i]
-            stop = indptr[i + 1]
-            while k + 2 <= stop:
-                v0 = data[k]
-                v1 = data[k + 1]
-                x0 = xt[indices[k]]
-                x1 = xt[indices[k + 1]]
-                for b in range(n_b):
-                    acc[b] += v0 * x0[b] + v1 * x1[b]
-                k += 2
-            if k < stop:
-                v0 = data[k]
-                x0 = xt[indices[k]]
-                for b in range(n_b):
-                    acc[b] += v0 * x0[b]
-        for b in range(n_b):
-            yb = y[b]
-            for i in range(r0, r1):
-                s = tile[i - r0, b]
-                if has_bias:
-                    s += bias[i]
-                yb[i] = s
+            s = tile[i - r0, b]
+            if has_bias:
+                s += bias[i]
+            yb[i] = s
+
+
+@njit(parallel=True)
+def csr_spmm_kernel(indptr, indices, data, xt, bias, y):
+    """All rows of :func:`csr_spmm_rows`, ROWS_PER_TASK rows per task."""
+    n = y.shape[1]
+    for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        csr_spmm_rows(r0, min(r0 + ROWS_PER_TASK, n), indptr, indices, data, xt, bias, y)
+
+
+def _run(rows_kernel, parallel_kernel, n_rows, work, *args):
+    """One thread for small products (no thread start-up), all threads otherwise."""
+    if work < PARALLEL_MIN_WORK:
+        rows_kernel(0, n_rows, *args)
+    else:
+        parallel_kernel(*args)
 
 
 def csr_spmv(w: CSR, x, bias=None, out=None, simd=None):
     """``W @ x (+ b)`` for a CSR matrix and a vector ``x`` of length ``in``.
 
-    float32 runs on the 16-lane gather kernel of :mod:`prunekit.sparse._simd`
-    (``simd=False`` forces the scalar kernel above, e.g. to compare them).
+    float32 runs on the 16-lane gather kernels of :mod:`prunekit.sparse._simd`
+    (``simd=False`` forces the scalar kernels above, e.g. to compare them).
     """
     x = _as_input(x, w, ndim=1)
     out = _as_output(out, (w.shape[0],), w.dtype)
     mod = _simd_module(w.dtype, simd)
-    kernel = csr_spmv_kernel if mod is None else mod.csr_spmv
-    kernel(w.indptr, w.indices, w.data, x, _bias(bias, w), out)
+    kernels = (csr_spmv_rows, csr_spmv_kernel) if mod is None else (mod.csr_spmv_rows, mod.csr_spmv)
+    _run(*kernels, w.shape[0], w.nnz, w.indptr, w.indices, w.data, x, _bias(bias, w), out)
     return out
 
 
-def csr_spmm(w: CSR, x, bias=None, out=None):
+def csr_spmm(w: CSR, x, bias=None, out=None, simd=None):
     """``x @ W.T (+ b)`` for a CSR matrix and ``x`` of shape ``(B, in)``."""
     x = _as_input(x, w, ndim=2)
     out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
-    csr_spmm_kernel(w.indptr, w.indices, w.data, _transposed(x, w), _bias(bias, w), out)
+    mod = _simd_module(w.dtype, simd)
+    work = w.nnz * x.shape[0]
+    if mod is None:
+        _run(csr_spmm_rows, csr_spmm_kernel, w.shape[0], work,
+             w.indptr, w.indices, w.data, _transposed(x, w), _bias(bias, w), out)
+    else:
+        xt, ldx = _transposed_padded(x, w)
+        _run(mod.csr_spmm_rows, mod.csr_spmm, w.shape[0], work,
+             w.indptr, w.indices, w.data, xt, ldx, _bias(bias, w), out)
     return out
 
 
@@ -210,20 +249,20 @@ def bsr_spmm_reference(blocks, indices, indptr, shape, x, bias=None):
 
 
 @njit(parallel=True)
-def bsr_spmv_kernel(indptr, indices, blocks_t, x, bias, y):
-    """y = W @ x for BSR with column-major blocks ``blocks_t[k, c, i]``.
+def bsr_spmv_rows(r0, r1, indptr, indices, blocks_t, x, bias, y):
+    """Block rows r0..r1 of y = W @ x for BSR with column-major blocks ``blocks_t[k, c, i]``.
 
     For each block column ``c`` the R outputs of the block row are updated
-    together, ``y[r0:r0+R] += blocks_t[k, c, :] * x[c0 + c]``, a short SIMD loop.
+    together, ``y[rows] += blocks_t[k, c, :] * x[c0 + c]``, a short SIMD loop.
     """
     n_cols_blk = blocks_t.shape[1]
     n_rows_blk = blocks_t.shape[2]
     has_bias = bias.shape[0] > 0
-    for br in prange(indptr.shape[0] - 1):
-        r0 = br * n_rows_blk
-        acc = y[r0:r0 + n_rows_blk]
+    for br in range(r0, r1):
+        y0 = br * n_rows_blk
+        acc = y[y0:y0 + n_rows_blk]
         for i in range(n_rows_blk):
-            acc[i] = bias[r0 + i] if has_bias else 0
+            acc[i] = bias[y0 + i] if has_bias else 0
         for k in range(indptr[br], indptr[br + 1]):
             c0 = indices[k] * n_cols_blk
             blk = blocks_t[k]
@@ -235,20 +274,28 @@ def bsr_spmv_kernel(indptr, indices, blocks_t, x, bias, y):
 
 
 @njit(parallel=True)
-def bsr_spmm_kernel(indptr, indices, blocks_t, xt, bias, y):
-    """y[b, :] = W @ x[b] for BSR; ``xt`` is x transposed, shape ``(in, B)``.
+def bsr_spmv_kernel(indptr, indices, blocks_t, x, bias, y):
+    n = indptr.shape[0] - 1
+    step = max(1, CHUNK // blocks_t.shape[2])
+    for t in prange((n + step - 1) // step):
+        bsr_spmv_rows(t * step, min(t * step + step, n), indptr, indices, blocks_t, x, bias, y)
 
-    One block row per task, accumulated in an (R, B) tile: for every weight of
-    a kept block, ``tile[i, :] += w[i, c] * xt[c0 + c, :]`` (contiguous over the
+
+@njit(parallel=True)
+def bsr_spmm_rows(r0, r1, indptr, indices, blocks_t, xt, bias, y):
+    """Block rows r0..r1 of y = x @ W.T for BSR; ``xt`` is x transposed, shape ``(in, B)``.
+
+    Each block row accumulates in an (R, B) tile: for every weight of a kept
+    block, ``tile[i, :] += w[i, c] * xt[c0 + c, :]`` (contiguous over the
     batch), two block columns per step.
     """
     n_cols_blk = blocks_t.shape[1]
     n_rows_blk = blocks_t.shape[2]
     n_b = y.shape[0]
     has_bias = bias.shape[0] > 0
-    for br in prange(indptr.shape[0] - 1):
-        r0 = br * n_rows_blk
-        tile = np.zeros((n_rows_blk, n_b), dtype=y.dtype)
+    tile = np.empty((n_rows_blk, n_b), dtype=y.dtype)
+    for br in range(r0, r1):
+        tile[:] = 0
         for k in range(indptr[br], indptr[br + 1]):
             c0 = indices[k] * n_cols_blk
             blk = blocks_t[k]
@@ -270,25 +317,35 @@ def bsr_spmm_kernel(indptr, indices, blocks_t, xt, bias, y):
                     acc = tile[i]
                     for b in range(n_b):
                         acc[b] += w0 * x0[b]
+        y0 = br * n_rows_blk
         for b in range(n_b):
             yb = y[b]
             for i in range(n_rows_blk):
                 s = tile[i, b]
                 if has_bias:
-                    s += bias[r0 + i]
-                yb[r0 + i] = s
+                    s += bias[y0 + i]
+                yb[y0 + i] = s
+
+
+@njit(parallel=True)
+def bsr_spmm_kernel(indptr, indices, blocks_t, xt, bias, y):
+    n = indptr.shape[0] - 1
+    for br in prange(n):
+        bsr_spmm_rows(br, br + 1, indptr, indices, blocks_t, xt, bias, y)
 
 
 def bsr_spmm(w: BSR, x, bias=None, out=None):
     """``x @ W.T (+ b)`` for a BSR matrix; ``x`` of shape ``(in,)`` or ``(B, in)``."""
     x = _as_input(x, w, ndim=(1, 2))
     b = _bias(bias, w)
+    n_blk_rows = w.indptr.shape[0] - 1
     if x.ndim == 1:
         out = _as_output(out, (w.shape[0],), w.dtype)
-        bsr_spmv_kernel(w.indptr, w.indices, w.blocks_t, x, b, out)
+        _run(bsr_spmv_rows, bsr_spmv_kernel, n_blk_rows, w.nnz, w.indptr, w.indices, w.blocks_t, x, b, out)
     else:
         out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
-        bsr_spmm_kernel(w.indptr, w.indices, w.blocks_t, _transposed(x, w), b, out)
+        _run(bsr_spmm_rows, bsr_spmm_kernel, n_blk_rows, w.nnz * x.shape[0],
+             w.indptr, w.indices, w.blocks_t, _transposed(x, w), b, out)
     return out
 
 
@@ -308,90 +365,117 @@ def nm_spmm_reference(values, positions, shape, n, m, x, bias=None):
 
 
 @njit(parallel=True)
-def nm_spmv_kernel(values, positions, n, m, x, bias, y):
-    """y[i] = sum_s values[i, s] * x[(s // n) * m + positions[i, s]]  (+ bias[i]).
+def nm_spmv_rows(r0, r1, values, positions, n, m, x, bias, y):
+    """y[i] = sum_s values[i, s] * x[(s // n) * m + positions[i, s]]  (+ bias[i]), r0 <= i < r1.
 
     Like a CSR row whose column index is rebuilt from the group number and a
-    1-byte position; four partial sums as in the CSR kernel.
+    1-byte position; the groups alternate between two partial sums.
     """
-    n_slots = values.shape[1]
+    n_groups = values.shape[1] // n
     has_bias = bias.shape[0] > 0
-    for i in prange(values.shape[0]):
+    for i in range(r0, r1):
         v = values[i]
         p = positions[i]
         s0 = x.dtype.type(0)
         s1 = s0
-        s2 = s0
-        s3 = s0
         s = 0
-        base = 0
-        while s + 4 <= n_slots and n == 2:  # the common 2:m case, two groups per step
-            s0 += v[s] * x[base + p[s]]
-            s1 += v[s + 1] * x[base + p[s + 1]]
-            s2 += v[s + 2] * x[base + m + p[s + 2]]
-            s3 += v[s + 3] * x[base + m + p[s + 3]]
-            s += 4
-            base += 2 * m
-        while s < n_slots:
-            s0 += v[s] * x[(s // n) * m + p[s]]
-            s += 1
-        r = (s0 + s1) + (s2 + s3)
+        for gi in range(n_groups):
+            g = gi * m
+            acc = x.dtype.type(0)
+            for t in range(n):
+                acc += v[s + t] * x[g + p[s + t]]
+            if gi & 1:
+                s1 += acc
+            else:
+                s0 += acc
+            s += n
+        r = s0 + s1
         if has_bias:
             r += bias[i]
         y[i] = r
 
 
 @njit(parallel=True)
-def nm_spmm_kernel(values, positions, n, m, xt, bias, y):
-    """Batched N:M product with ``xt`` = x transposed (see :func:`csr_spmm_kernel`)."""
-    n_b, n_rows = y.shape
+def nm_spmv_kernel(values, positions, n, m, x, bias, y):
+    rows = y.shape[0]
+    for t in prange((rows + CHUNK - 1) // CHUNK):
+        nm_spmv_rows(t * CHUNK, min(t * CHUNK + CHUNK, rows), values, positions, n, m, x, bias, y)
+
+
+@njit(parallel=True)
+def nm_spmm_rows(r0, r1, values, positions, n, m, xt, bias, y):
+    """Rows r0..r1 of the batched N:M product, ``xt`` = x transposed (see :func:`csr_spmm_rows`)."""
+    n_b = y.shape[0]
     n_slots = values.shape[1]
     has_bias = bias.shape[0] > 0
-    for t in prange((n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0 = t * ROWS_PER_TASK
-        r1 = min(r0 + ROWS_PER_TASK, n_rows)
-        tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+    tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+    cols = np.empty(n_slots, dtype=np.int64)
+    for i in range(r0, r1):
+        acc = tile[i - r0]
+        v = values[i]
+        p = positions[i]
+        # absolute column of every slot: group * m + position (counters, no division)
+        g = 0
+        t_in_group = 0
+        for s in range(n_slots):
+            cols[s] = g + p[s]
+            t_in_group += 1
+            if t_in_group == n:
+                t_in_group = 0
+                g += m
+        s = 0
+        while s + 2 <= n_slots:
+            v0 = v[s]
+            v1 = v[s + 1]
+            x0 = xt[cols[s]]
+            x1 = xt[cols[s + 1]]
+            for b in range(n_b):
+                acc[b] += v0 * x0[b] + v1 * x1[b]
+            s += 2
+        if s < n_slots:
+            v0 = v[s]
+            x0 = xt[cols[s]]
+            for b in range(n_b):
+                acc[b] += v0 * x0[b]
+    for b in range(n_b):
+        yb = y[b]
         for i in range(r0, r1):
-            acc = tile[i - r0]
-            v = values[i]
-            p = positions[i]
-            s = 0
-            while s + 2 <= n_slots:
-                v0 = v[s]
-                v1 = v[s + 1]
-                x0 = xt[(s // n) * m + p[s]]
-                x1 = xt[((s + 1) // n) * m + p[s + 1]]
-                for b in range(n_b):
-                    acc[b] += v0 * x0[b] + v1 * x1[b]
-                s += 2
-            if s < n_slots:
-                v0 = v[s]
-                x0 = xt[(s // n) * m + p[s]]
-                for b in range(n_b):
-                    acc[b] += v0 * x0[b]
-        for b in range(n_b):
-            yb = y[b]
-            for i in range(r0, r1):
-                r = tile[i - r0, b]
-                if has_bias:
-                    r += bias[i]
-                yb[i] = r
+            r = tile[i - r0, b]
+            if has_bias:
+                r += bias[i]
+            yb[i] = r
+
+
+@njit(parallel=True)
+def nm_spmm_kernel(values, positions, n, m, xt, bias, y):
+    rows = y.shape[1]
+    for t in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0 = t * ROWS_PER_TASK
+        nm_spmm_rows(r0, min(r0 + ROWS_PER_TASK, rows), values, positions, n, m, xt, bias, y)
 
 
 def nm_spmm(w: NM, x, bias=None, out=None, simd=None):
     """``x @ W.T (+ b)`` for an N:M matrix; ``x`` of shape ``(in,)`` or ``(B, in)``."""
     x = _as_input(x, w, ndim=(1, 2))
     b = _bias(bias, w)
+    mod = _simd_module(w.dtype, simd)
+    rows = w.shape[0]
     if x.ndim == 1:
-        out = _as_output(out, (w.shape[0],), w.dtype)
-        mod = _simd_module(w.dtype, simd)
+        out = _as_output(out, (rows,), w.dtype)
         if mod is not None and w.n in (1, 2, 4, 8, 16):
-            mod.nm_spmv(w.values, w.positions, w.n.bit_length() - 1, w.m, x, b, out)
+            _run(mod.nm_spmv_rows, mod.nm_spmv, rows, w.nnz,
+                 w.values, w.positions, w.n.bit_length() - 1, w.m, x, b, out)
         else:
-            nm_spmv_kernel(w.values, w.positions, w.n, w.m, x, b, out)
+            _run(nm_spmv_rows, nm_spmv_kernel, rows, w.nnz, w.values, w.positions, w.n, w.m, x, b, out)
     else:
-        out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
-        nm_spmm_kernel(w.values, w.positions, w.n, w.m, _transposed(x, w), b, out)
+        out = _as_output(out, (x.shape[0], rows), w.dtype)
+        work = w.nnz * x.shape[0]
+        if mod is None:
+            _run(nm_spmm_rows, nm_spmm_kernel, rows, work,
+                 w.values, w.positions, w.n, w.m, _transposed(x, w), b, out)
+        else:
+            xt, ldx = _transposed_padded(x, w)
+            _run(mod.nm_spmm_rows, mod.nm_spmm, rows, work, w.values, w.positions, w.n, w.m, xt, ldx, b, out)
     return out
 
 
@@ -603,44 +687,83 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
 
 
 @njit
+def _dense_dot(off, n, vals, x):
+    """sum_j vals[off + j] * x[j] for j < n, with 8 partial sums (a dense row inside a fused chain)."""
+    s0 = x.dtype.type(0)
+    s1 = s0
+    s2 = s0
+    s3 = s0
+    s4 = s0
+    s5 = s0
+    s6 = s0
+    s7 = s0
+    j = 0
+    while j + 8 <= n:
+        s0 += vals[off + j] * x[j]
+        s1 += vals[off + j + 1] * x[j + 1]
+        s2 += vals[off + j + 2] * x[j + 2]
+        s3 += vals[off + j + 3] * x[j + 3]
+        s4 += vals[off + j + 4] * x[j + 4]
+        s5 += vals[off + j + 5] * x[j + 5]
+        s6 += vals[off + j + 6] * x[j + 6]
+        s7 += vals[off + j + 7] * x[j + 7]
+        j += 8
+    while j < n:
+        s0 += vals[off + j] * x[j]
+        j += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+CHAIN_CSR = 0
+CHAIN_DENSE = 1
+CHAIN_FIELDS = 6  # per layer in ``meta``: kind, n_in, n_out, where, bias offset (or -1), relu
+
+
+@njit
 def fused_chain_kernel(x, vals, cols, meta, work, out):
-    """Run a whole chain of sparse Linear(+ReLU) layers on each row of ``x`` in one call.
+    """Run a whole chain of Linear(+ReLU) layers on each row of ``x`` in one call.
 
     Small layers at batch 1 are ruled by call overhead, not arithmetic: one
-    numba call per layer plus NumPy glue costs more than the multiply-adds.
-    So the chain is packed into four flat arrays and run here in one go:
+    kernel call per layer plus NumPy glue costs more than the multiply-adds.
+    So the chain is packed (by :class:`prunekit.sparse.modules.FusedChain`)
+    into four flat arrays and run here in one go:
 
-    * ``vals``  float: every layer's CSR values, then its bias (if any), concatenated
-    * ``cols``  int:   every layer's column indices, concatenated
-    * ``meta``  int64 rows, one per layer:
-      ``(n_in, n_out, ptr_offset, bias_offset or -1, relu, ptr_base)``; the layer's
-      indptr lives in ``meta_ptrs = meta[L:]`` flattened... see ``FusedChain``.
-    * ``work``  scratch, two halves of the widest layer (ping-pong between layers)
-
-    ``meta`` is a 1-D int64 array: first ``6 * L`` entries describe the layers,
-    the rest hold every layer's indptr (offsets into ``vals``/``cols``).
+    * ``vals``: every CSR layer's values, then dense layers' weights and all biases
+    * ``cols``: every CSR layer's column indices (same order as their values)
+    * ``meta`` (int64): ``meta[0]`` = number of layers L, then ``CHAIN_FIELDS``
+      numbers per layer: kind (0 CSR, 1 dense), n_in, n_out, where (CSR: index
+      in ``meta`` of the layer's indptr, which holds offsets into vals/cols;
+      dense: offset of the row-major weight in ``vals``), bias offset in
+      ``vals`` or -1, relu (0/1); then the indptrs.
+    * ``work``: scratch of twice the widest hidden layer (layers ping-pong).
     """
     n_layers = meta[0]
     half = work.shape[0] // 2
+    zero = vals.dtype.type(0)
     for b in range(x.shape[0]):
         src = x[b]
         for layer in range(n_layers):
-            d = 1 + 6 * layer
-            n_out = meta[d + 1]
-            ptr0 = meta[d + 2]
-            bias0 = meta[d + 3]
-            relu = meta[d + 4]
+            d = 1 + CHAIN_FIELDS * layer
+            kind = meta[d]
+            n_in = meta[d + 1]
+            n_out = meta[d + 2]
+            where = meta[d + 3]
+            bias0 = meta[d + 4]
+            relu = meta[d + 5]
             if layer == n_layers - 1:
                 dst = out[b]
             else:
                 h = (layer % 2) * half
                 dst = work[h:h + n_out]
             for i in range(n_out):
-                s = _row_dot(meta[ptr0 + i], meta[ptr0 + i + 1], cols, vals, src)
+                if kind == CHAIN_CSR:
+                    s = _row_dot(meta[where + i], meta[where + i + 1], cols, vals, src)
+                else:
+                    s = _dense_dot(where + i * n_in, n_in, vals, src)
                 if bias0 >= 0:
                     s += vals[bias0 + i]
-                if relu and s < 0:
-                    s = vals.dtype.type(0)
+                if relu and s < zero:
+                    s = zero
                 dst[i] = s
             src = dst
 
@@ -736,5 +859,22 @@ def _transposed(x, w):
     """x (B, in) -> xt (in, B) in a scratch buffer cached on ``w``."""
     n_b, n = x.shape
     xt = _workspace(w, ("xt", n_b, x.dtype.str), lambda: np.empty((n, n_b), dtype=x.dtype))
-    transpose_kernel(x, xt)
+    _transpose_into(x, xt)
     return xt
+
+
+def _transposed_padded(x, w):
+    """x (B, in) -> flat xt with ``xt[j * ldx + b] = x[b, j]``, ``ldx`` = B rounded up to 16 (zero lanes)."""
+    n_b, n = x.shape
+    ldx = -(-n_b // 16) * 16
+    xt = _workspace(w, ("xtp", n_b, x.dtype.str), lambda: np.zeros((n, ldx), dtype=x.dtype))
+    _transpose_into(x, xt)  # writes the first n_b lanes; the padding lanes stay zero
+    return xt.reshape(-1), ldx
+
+
+def _transpose_into(x, xt):
+    n_b, n = x.shape
+    if n_b * n < PARALLEL_MIN_WORK:
+        xt[:, :n_b] = x.T
+    else:
+        transpose_kernel(x, xt)
