@@ -196,7 +196,7 @@ def _flat_values(values):
 
 
 def plot_score_vs_oracle(score, oracle, ax=None, name="score", log=True, rho=None, max_points=20000,
-                         seed=0, figsize=(4, 3.5)):
+                         seed=0, ylabel="exact |loss change| when removed", figsize=(4, 3.5)):
     """Scatter of a cheap importance score (x) against the exact loss change (y), one dot per weight.
 
     ``score`` and ``oracle`` are arrays of the same size, or dicts ``{name: array}``
@@ -205,7 +205,9 @@ def plot_score_vs_oracle(score, oracle, ax=None, name="score", log=True, rho=Non
     what Spearman's rank correlation ``rho`` (shown in the title; computed here if not
     given) measures. With ``log=True`` both axes are logarithmic and the weights where
     either value is not positive (e.g. exactly 0) are left out; the legend says how
-    many. At most ``max_points`` dots are drawn (a seeded random sample). Returns the Axes.
+    many. ``log="symlog"`` keeps every weight, signs included, on symmetric-log axes
+    (linear within the 5th percentile of the nonzero magnitudes, logarithmic beyond). At most ``max_points`` dots are drawn (a seeded random sample). ``ylabel``
+    names the reference (e.g. the signed change, with ``log=False``). Returns the Axes.
     """
     x, y = _flat_values(score), _flat_values(oracle)
     if x.shape != y.shape:
@@ -215,8 +217,10 @@ def plot_score_vs_oracle(score, oracle, ax=None, name="score", log=True, rho=Non
 
         rho = spearman(x, y)
     ax = _new_axes(ax, figsize)
+    if log not in (True, False, "symlog"):
+        fail("log", "True, False or 'symlog'", log)
     keep = np.isfinite(x) & np.isfinite(y)
-    if log:
+    if log is True:
         keep &= (x > 0) & (y > 0)
     idx = np.flatnonzero(keep)
     if idx.size > max_points:
@@ -224,11 +228,23 @@ def plot_score_vs_oracle(score, oracle, ax=None, name="score", log=True, rho=Non
     left_out = x.size - int(keep.sum())
     label = f"{idx.size:,} weights" + (f" ({left_out:,} at 0, not shown)" if left_out else "")
     ax.scatter(x[idx], y[idx], s=4, alpha=0.35, linewidths=0, label=label)
-    if log:
+    if log is True:
         ax.set_xscale("log")
         ax.set_yscale("log")
+    elif log == "symlog":
+        for v, axis, set_scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+            nonzero = np.abs(v[keep & (v != 0)])
+            if not nonzero.size:
+                continue
+            linthresh = float(np.percentile(nonzero, 5))
+            set_scale("symlog", linthresh=linthresh)
+            # at most ~3 labelled decades per sign, or the labels run into each other
+            lo, hi = int(np.ceil(np.log10(linthresh))), int(np.ceil(np.log10(nonzero.max())))
+            step = max(1, -(-(hi - lo) // 3))
+            powers = 10.0 ** np.arange(hi, lo - 1, -step)
+            axis.set_ticks(np.concatenate([-powers, [0.0], powers[::-1]]))
     ax.set_xlabel(f"{name} score")
-    ax.set_ylabel("exact |loss change| when removed")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{name}: Spearman rho = {rho:.2f}")
     ax.legend(fontsize="x-small", loc="upper left", markerscale=3)
     return ax
