@@ -28,6 +28,7 @@ Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
 """
 from __future__ import annotations
 
+import platform
 import warnings
 
 import numpy as np
@@ -771,11 +772,12 @@ def fused_chain_kernel(x, vals, cols, meta, work, out):
 # =========================================================================== dispatch and helpers
 
 
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _simd_module(dtype, simd=None):
     """The explicit-SIMD kernels (float32 on x86-64), or None for the scalar ones."""
-    import platform
-
-    ok = dtype == np.float32 and platform.machine().lower() in ("x86_64", "amd64")
+    ok = dtype == np.float32 and _X86_64
     if simd is None:
         simd = ok
     elif simd and not ok:

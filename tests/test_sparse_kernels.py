@@ -1,0 +1,275 @@
+"""Every numba kernel of prunekit.sparse against its NumPy reference (and the references against dense NumPy)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunekit.sparse import BSR, CSR, NM, Int8Weight, kernels
+from prunekit.sparse.modules import FusedChain
+
+# Our row kernels are compiled with parallel=True on purpose (see prunekit/sparse/kernels.py);
+# pytest resets the warning filters that module installs, so repeat it here.
+pytestmark = pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation")
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 70))
+densities = st.sampled_from([0.0, 0.05, 0.3, 1.0])
+dtypes = st.sampled_from([np.float32, np.float64])
+batches = st.sampled_from([None, 1, 3, 17])  # None: a 1-D x
+
+
+def sparse_matrix(rng, shape, density, dtype):
+    w = rng.standard_normal(shape).astype(dtype)
+    return w * (rng.random(shape) < density)
+
+
+def make_x(rng, batch, n, dtype, contiguous):
+    """x of shape (n,) or (batch, n); a strided view of a bigger array when not contiguous."""
+    rows = 1 if batch is None else batch
+    big = rng.standard_normal((rows * 2, n * 2)).astype(dtype)
+    x = big[:rows, :n].copy() if contiguous else big[::2, ::2]
+    assert x.flags.c_contiguous == contiguous or x.size <= 1
+    return x[0] if batch is None else x
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def test_references_agree_with_dense_numpy():
+    rng = np.random.default_rng(0)
+    w = sparse_matrix(rng, (8, 12), 0.4, np.float64)
+    x = rng.standard_normal((3, 12))
+    b = rng.standard_normal(8)
+    c = CSR.from_dense(w)
+    np.testing.assert_allclose(kernels.csr_spmv_reference(c.data, c.indices, c.indptr, c.shape, x[0], b), w @ x[0] + b)
+    np.testing.assert_allclose(kernels.csr_spmm_reference(c.data, c.indices, c.indptr, c.shape, x, b), x @ w.T + b)
+    f = BSR.from_dense(w, (4, 4))
+    np.testing.assert_allclose(kernels.bsr_spmm_reference(f.blocks, f.indices, f.indptr, f.shape, x), x @ w.T)
+    w_nm = w.copy()
+    w_nm.reshape(8, 3, 4)[:, :, 2:] = 0
+    g = NM.from_dense(w_nm, 2, 4)
+    np.testing.assert_allclose(kernels.nm_spmm_reference(g.values, g.positions, g.shape, 2, 4, x), x @ w_nm.T)
+
+
+@settings(max_examples=40)
+@given(shape=shapes, density=densities, dtype=dtypes, batch=batches, contiguous=st.booleans(), bias=st.booleans(),
+       simd=st.booleans(), seed=st.integers(0, 2**16))
+def test_csr_kernels_match_reference(shape, density, dtype, batch, contiguous, bias, simd, seed):
+    rng = np.random.default_rng(seed)
+    w = sparse_matrix(rng, shape, density, dtype)
+    c = CSR.from_dense(w)
+    x = make_x(rng, batch, shape[1], dtype, contiguous)
+    b = rng.standard_normal(shape[0]).astype(dtype) if bias else None
+    use_simd = simd and dtype == np.float32
+    fn = kernels.csr_spmv if x.ndim == 1 else kernels.csr_spmm
+    y = fn(c, x, bias=b, simd=use_simd)
+    ref = (kernels.csr_spmv_reference if x.ndim == 1 else kernels.csr_spmm_reference)(
+        c.data, c.indices, c.indptr, c.shape, x, b)
+    assert y.dtype == dtype and y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+
+
+@settings(max_examples=30)
+@given(block=st.sampled_from([(4, 4), (8, 8), (16, 16), (4, 8), (2, 1)]), nb=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       density=densities, dtype=dtypes, batch=batches, contiguous=st.booleans(), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_bsr_kernels_match_reference(block, nb, density, dtype, batch, contiguous, bias, seed):
+    rng = np.random.default_rng(seed)
+    r, c = block
+    tiles = rng.random(nb) < density
+    w = rng.standard_normal((nb[0] * r, nb[1] * c)).astype(dtype) * np.kron(tiles, np.ones(block, bool))
+    f = BSR.from_dense(w, block)
+    x = make_x(rng, batch, w.shape[1], dtype, contiguous)
+    b = rng.standard_normal(w.shape[0]).astype(dtype) if bias else None
+    y = kernels.bsr_spmm(f, x, bias=b)
+    ref = kernels.bsr_spmm_reference(f.blocks, f.indices, f.indptr, f.shape, x, b)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+
+
+def nm_matrix(rng, rows, groups, n, m, dtype):
+    w = rng.standard_normal((rows, groups, m)).astype(dtype)
+    drop = np.argsort(rng.random(w.shape), axis=2)[:, :, n:]
+    np.put_along_axis(w, drop, 0, axis=2)
+    return w.reshape(rows, groups * m)
+
+
+@settings(max_examples=40)
+@given(nm=st.sampled_from([(2, 4), (1, 4), (4, 8), (3, 4), (2, 2)]), rows=st.integers(1, 20), groups=st.integers(1, 40),
+       dtype=dtypes, batch=batches, contiguous=st.booleans(), bias=st.booleans(), simd=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_nm_kernels_match_reference(nm, rows, groups, dtype, batch, contiguous, bias, simd, seed):
+    n, m = nm
+    rng = np.random.default_rng(seed)
+    w = nm_matrix(rng, rows, groups, n, m, dtype)
+    f = NM.from_dense(w, n, m)
+    x = make_x(rng, batch, w.shape[1], dtype, contiguous)
+    b = rng.standard_normal(rows).astype(dtype) if bias else None
+    y = kernels.nm_spmm(f, x, bias=b, simd=simd and dtype == np.float32)
+    ref = kernels.nm_spmm_reference(f.values, f.positions, f.shape, n, m, x, b)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "nm"])
+@pytest.mark.parametrize("batch", [None, 20])
+def test_parallel_and_single_thread_paths_agree(fmt, batch, monkeypatch):
+    """Large products run on all threads, small ones on one: both must give the reference's answer."""
+    rng = np.random.default_rng(1)
+    w = nm_matrix(rng, 256, 128, 2, 4, np.float32) if fmt == "nm" else sparse_matrix(rng, (256, 512), 0.5, np.float32)
+    make = {"csr": CSR.from_dense, "bsr": lambda a: BSR.from_dense(a, 16), "nm": lambda a: NM.from_dense(a, 2, 4)}[fmt]
+    f = make(w)
+    x = make_x(rng, batch, 512, np.float32, True)
+    ref = x @ w.T.astype(np.float64)
+    assert f.nnz >= kernels.PARALLEL_MIN_WORK  # the default takes the parallel path
+    y_par = kernels.linear(f, x)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 10**12)
+    y_one = kernels.linear(f, x)
+    np.testing.assert_allclose(y_par, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y_one, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_csr_with_int32_indices_and_scalar_kernel_agree_with_simd():
+    rng = np.random.default_rng(2)
+    w = sparse_matrix(rng, (50, 300), 0.2, np.float32)
+    x = rng.standard_normal((5, 300)).astype(np.float32)
+    c16, c32 = CSR.from_dense(w), CSR.from_dense(w, index_dtype=np.int32)
+    ref = x @ w.T
+    for c in (c16, c32):
+        for simd in (True, False):
+            np.testing.assert_allclose(kernels.csr_spmm(c, x, simd=simd), ref, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(kernels.csr_spmv(c, x[2], simd=simd), ref[2], rtol=1e-5, atol=1e-5)
+
+
+def test_out_buffer_is_filled_in_place():
+    rng = np.random.default_rng(3)
+    w = sparse_matrix(rng, (10, 20), 0.3, np.float32)
+    x = rng.standard_normal((4, 20)).astype(np.float32)
+    out = np.full((4, 10), np.nan, dtype=np.float32)
+    for f in (CSR.from_dense(w), BSR.from_dense(w, (2, 4))):
+        res = kernels.linear(f, x, out=out)
+        assert res is out
+        np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+@settings(max_examples=30)
+@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 70)), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_quantize_rows_kernel_matches_reference_exactly(shape, batch, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((batch, shape[1])) * rng.choice([1e-3, 1, 1e3])).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = 0
+    q, s = kernels.quantize_rows(x)
+    q_ref, s_ref = kernels.quantize_rows_reference(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(s, s_ref)
+    qu, su = kernels.quantize_rows(x, offset=128, width=shape[1] + 3)
+    np.testing.assert_array_equal(qu[:, :shape[1]].astype(np.int16) - 128, q_ref)
+    assert np.all(qu[:, shape[1]:] == 128)
+
+
+vnni_modes = [False] + ([True] if kernels.has_vnni() else [])
+
+
+@pytest.mark.parametrize("vnni", vnni_modes)
+@settings(max_examples=25)
+@given(shape=st.tuples(st.integers(1, 70), st.integers(1, 90)), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_int8_matmul_is_exact(vnni, shape, batch, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    q = Int8Weight.from_dense(w)
+    xq = rng.integers(-127, 128, size=(batch, shape[1])).astype(np.int8)
+    acc = kernels.int8_matmul_int32(xq, q, vnni=vnni)
+    np.testing.assert_array_equal(acc, kernels.int8_matmul_int32_reference(xq, q.q))
+
+
+@pytest.mark.parametrize("vnni", vnni_modes)
+@settings(max_examples=25)
+@given(shape=st.tuples(st.integers(1, 70), st.integers(1, 90)), batch=batches, dtype=dtypes, bias=st.booleans(),
+       contiguous=st.booleans(), seed=st.integers(0, 2**16))
+def test_int8_linear_matches_reference(vnni, shape, batch, dtype, bias, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(dtype)
+    q = Int8Weight.from_dense(w)
+    x = make_x(rng, batch, shape[1], np.float32, contiguous)
+    b = rng.standard_normal(shape[0]).astype(dtype) if bias else None
+    y = kernels.int8_linear(q, x, bias=b, vnni=vnni)
+    ref = kernels.int8_linear_reference(q, x, b)
+    assert y.shape == ref.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    # and the quantized product is close to the float one (error ~ scale of x and w)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if b is None else b)
+    bound = np.abs(x).max() * np.abs(w).max() * shape[1] * 2 / 127 + 1e-6
+    assert np.max(np.abs(y - exact)) <= bound
+
+
+def test_int8_vnni_and_portable_give_identical_outputs():
+    if not kernels.has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(4)
+    q = Int8Weight.from_dense(rng.standard_normal((100, 203)).astype(np.float32))
+    for x in (rng.standard_normal(203).astype(np.float32), rng.standard_normal((13, 203)).astype(np.float32)):
+        np.testing.assert_array_equal(kernels.int8_linear(q, x, vnni=True), kernels.int8_linear(q, x, vnni=False))
+
+
+# ----------------------------------------------------------------------------- fused chain
+
+
+@settings(max_examples=25)
+@given(sizes=st.lists(st.integers(1, 50), min_size=2, max_size=5), density=densities, dtype=dtypes,
+       batch=st.integers(1, 4), data=st.data())
+def test_fused_chain_matches_layer_by_layer_numpy(sizes, density, dtype, batch, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    layers, ref_layers = [], []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = sparse_matrix(rng, (b, a), density, dtype)
+        bias = rng.standard_normal(b).astype(dtype) if data.draw(st.booleans()) else None
+        relu = data.draw(st.booleans())
+        dense = data.draw(st.booleans())
+        layers.append((w if dense else CSR.from_dense(w), bias, relu))
+        ref_layers.append((w, bias, relu))
+    x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    ref = x.astype(np.float64)
+    for w, b, relu in ref_layers:
+        ref = ref @ w.T + (0 if b is None else b)
+        if relu:
+            ref = np.maximum(ref, 0)
+    y = FusedChain(layers, dtype=dtype).run(x)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_name_the_argument():
+    rng = np.random.default_rng(5)
+    c = CSR.from_dense(sparse_matrix(rng, (4, 6), 0.5, np.float32))
+    with pytest.raises(ValueError, match=r"The 'x' parameter must be an array whose last dimension is in_features = 6. Got 'shape \(2, 5\)' instead."):
+        kernels.linear(c, np.ones((2, 5), np.float32))
+    with pytest.raises(TypeError, match=r"'x' parameter must be a floating-point array"):
+        kernels.linear(c, np.ones((2, 6), np.int64))
+    with pytest.raises(ValueError, match=r"'x' parameter must be a 1-D or 2-D array"):
+        kernels.linear(c, np.ones((2, 2, 6), np.float32))
+    with pytest.raises(TypeError, match=r"'x' parameter must be a numpy.ndarray"):
+        kernels.linear(c, [[1.0] * 6])
+    with pytest.raises(ValueError, match=r"'bias' parameter must be None or a 1-D array of length out_features = 4"):
+        kernels.linear(c, np.ones(6, np.float32), bias=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"'out' parameter must be a C-contiguous array of shape \(4,\)"):
+        kernels.linear(c, np.ones(6, np.float32), out=np.empty(5, np.float32))
+    with pytest.raises(TypeError, match=r"'w' parameter must be a CSR, BSR, NM or Int8Weight"):
+        kernels.linear(np.eye(3), np.ones(3))
+    with pytest.raises(ValueError, match="'simd'"):
+        kernels.csr_spmv(CSR.from_dense(np.eye(3)), np.ones(3), simd=True)  # float64 has no SIMD kernel
+    with pytest.raises(TypeError, match="'xq'"):
+        kernels.int8_matmul_int32(np.ones((1, 3), np.float32), Int8Weight.from_dense(np.eye(3, dtype=np.float32)))
+
+
+def test_float64_x_is_computed_in_the_weights_dtype():
+    rng = np.random.default_rng(6)
+    w = sparse_matrix(rng, (5, 7), 0.5, np.float32)
+    x = rng.standard_normal((2, 7))  # float64
+    y = kernels.linear(CSR.from_dense(w), x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)

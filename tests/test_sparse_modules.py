@@ -1,0 +1,190 @@
+"""SparseLinear, SparseConv2d, SparseSequential and to_sparse: same outputs as the dense model, original untouched."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import prunekit as pk
+from prunekit import Tensor, nn, no_grad
+from prunekit.sparse import CSR, costmodel
+from prunekit.sparse.modules import SparseConv2d, SparseLinear, SparseSequential, to_sparse
+
+pytestmark = pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation")
+
+
+def magnitude_prune(model, sparsity, nm=None):
+    """Zero the smallest weights of every Linear/Conv2d in place (and set their masks), independent of pk.pruning."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight.data
+            if nm is not None:
+                n, mm = nm
+                g = w.reshape(w.shape[0], -1, mm)
+                drop = np.argsort(np.abs(g), axis=2)[:, :, : mm - n]
+                mask = np.ones_like(g)
+                np.put_along_axis(mask, drop, 0, axis=2)
+                mask = mask.reshape(w.shape)
+            else:
+                k = int(round(sparsity * w.size))
+                order = np.argsort(np.abs(w), axis=None, kind="stable")
+                mask = np.ones(w.size, dtype=w.dtype)
+                mask[order[:k]] = 0
+                mask = mask.reshape(w.shape)
+            w *= mask
+            m.weight.mask = mask
+    return model
+
+
+def dense_out(model, x):
+    with no_grad():
+        return model(Tensor(x)).data
+
+
+@pytest.fixture(scope="module")
+def lenet95():
+    return magnitude_prune(pk.models.lenet_300_100(seed=0), 0.95)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_to_sparse_lenet_equals_dense(lenet95, batch):
+    before = {k: v.copy() for k, v in lenet95.state_dict().items()}
+    fast = to_sparse(lenet95)
+    x = np.random.default_rng(batch).standard_normal((batch, 784)).astype(np.float32)
+    y = dense_out(lenet95, x)
+    with no_grad():
+        y_fast = fast(Tensor(x))
+    assert isinstance(y_fast, Tensor) and y_fast.data.dtype == np.float32
+    np.testing.assert_allclose(y_fast.data, y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast(x).data, y, rtol=1e-5, atol=1e-5)  # ndarray in, no no_grad needed
+    # the original is untouched: same classes, same weights and masks
+    assert all(type(m) in (nn.Sequential, nn.Linear, nn.ReLU) for m in lenet95.modules())
+    after = lenet95.state_dict()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_to_sparse_keeps_structure_and_fuses(lenet95):
+    fast = to_sparse(lenet95)
+    assert isinstance(fast, SparseSequential) and len(fast) == 5
+    assert [type(m).__name__ for m in fast] == ["SparseLinear", "ReLU", "SparseLinear", "ReLU", "SparseLinear"]
+    assert [n for n, _ in fast.named_children()] == ["0", "1", "2", "3", "4"]
+    assert list(fast._segments) == [0]  # the whole chain is one fused call
+    assert fast[0].weight.nnz == np.count_nonzero(lenet95[0].weight.data)
+    unfused = to_sparse(lenet95, fuse=False)
+    assert type(unfused) is nn.Sequential
+    x = np.random.default_rng(0).standard_normal((2, 784)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, unfused(x).data, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "nm", "auto"])
+def test_formats_equal_dense(fmt):
+    model = pk.models.mlp([64, 32, 16], seed=1)
+    magnitude_prune(model, 0.75, nm=(2, 4) if fmt == "nm" else None)
+    fast = to_sparse(model, format=fmt, block_size=8)
+    expected = {"csr": "csr", "bsr": "bsr", "nm": "nm"}.get(fmt)
+    if expected:
+        assert all(m.format == expected for m in fast if isinstance(m, SparseLinear))
+    for batch in (1, 7):
+        x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)
+        np.testing.assert_allclose(fast(x).data, dense_out(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_format_is_close_to_dense():
+    model = magnitude_prune(pk.models.mlp([64, 32, 10], seed=2), 0.5)
+    fast = to_sparse(model, format="int8")
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    y, y8 = dense_out(model, x), fast(x).data
+    assert np.max(np.abs(y8 - y)) < 0.05 * np.max(np.abs(y))
+
+
+def test_min_sparsity_and_auto_keep_dense_layers_dense():
+    model = pk.models.mlp([256, 256, 256, 10], seed=3)
+    magnitude_prune(model, 0.99)
+    model[2].weight.data[...] = np.random.default_rng(0).standard_normal((256, 256))  # a dense middle layer
+    model[2].weight.mask = None
+    fast = to_sparse(model, format="csr", min_sparsity=0.5)
+    assert type(fast[2]) is nn.Linear and isinstance(fast[0], SparseLinear)
+    auto = to_sparse(model, format="auto", batch_size=1)
+    assert type(auto[2]) is nn.Linear  # dense is faster than any sparse format at 0% sparsity
+    assert isinstance(auto[0], SparseLinear)  # 99% sparse: CSR wins
+    x = np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)
+    for m in (fast, auto):
+        np.testing.assert_allclose(m(x).data, dense_out(model, x), rtol=1e-4, atol=1e-4)
+    assert list(auto._segments) == [0]  # dense and sparse layers fuse into one chain
+
+
+def test_conv_model_through_im2col_equals_dense():
+    model = magnitude_prune(pk.models.lenet5(seed=0), 0.8)
+    fast = to_sparse(model, format="csr")
+    assert isinstance(fast[0], SparseConv2d) and isinstance(fast[3], SparseConv2d)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, dense_out(model, x), rtol=1e-4, atol=1e-4)
+    with no_grad():
+        np.testing.assert_allclose(fast[0](Tensor(x)).data, model[0](Tensor(x)).data, rtol=1e-5, atol=1e-5)
+
+
+def test_nested_sequentials_are_converted():
+    inner = nn.Sequential(nn.Linear(16, 16, seed=0), nn.ReLU(), nn.Linear(16, 8, seed=1))
+    model = nn.Sequential(nn.Linear(8, 16, seed=2), nn.Tanh(), inner)
+    magnitude_prune(model, 0.6)
+    fast = to_sparse(model)
+    assert isinstance(fast[2], SparseSequential) and list(fast[2]._segments) == [0]
+    assert list(fast._segments) == [0]  # Linear alone before the Tanh
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, dense_out(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_linear_on_its_own():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 9)).astype(np.float32) * (rng.random((6, 9)) < 0.3)
+    b = rng.standard_normal(6).astype(np.float32)
+    layer = SparseLinear(w, b)
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+    np.testing.assert_allclose(layer(x).data, x @ w.T + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.run(x[0]), w @ x[0] + b, rtol=1e-5, atol=1e-6)
+    x3 = rng.standard_normal((2, 3, 9)).astype(np.float32)
+    np.testing.assert_allclose(layer.run(x3), x3 @ w.T + b, rtol=1e-5, atol=1e-6)
+    assert SparseLinear(CSR.from_dense(w)).format == "csr"
+    assert "CSR(shape=(6, 9)" in repr(layer)
+    assert layer.parameters() == []  # inference only: nothing to train
+
+
+def test_inference_only_and_bad_arguments():
+    model = magnitude_prune(pk.models.mlp([8, 4], seed=0), 0.5)
+    fast = to_sparse(model)
+    with pytest.raises(ValueError, match="'x' parameter must be a Tensor that does not require grad"):
+        fast(Tensor(np.ones((1, 8), np.float32), requires_grad=True))
+    with no_grad():  # fine under no_grad
+        fast(Tensor(np.ones((1, 8), np.float32), requires_grad=True))
+    with pytest.raises(ValueError, match=r"The 'format' parameter must be one of \{'csr', 'bsr', 'nm', 'int8', 'auto'\}"):
+        to_sparse(model, format="coo")
+    with pytest.raises(ValueError, match="'block_size' parameter must be a block size dividing the shape"):
+        to_sparse(pk.models.mlp([10, 6], seed=0), format="bsr", block_size=4, min_sparsity=0)
+    with pytest.raises(ValueError, match="'format' parameter must be a format the layer '0' supports"):
+        to_sparse(pk.models.mlp([8, 4], seed=0), format="nm")
+    with pytest.raises(TypeError, match="'model' parameter must be a prunekit.nn.Module"):
+        to_sparse(np.eye(3))
+    with pytest.raises(ValueError, match="'min_sparsity'"):
+        to_sparse(model, min_sparsity=1.5)
+    with pytest.raises(ValueError, match="'x' parameter must be an array whose last dimension is in_features = 8"):
+        fast[0].run(np.ones((1, 7), np.float32))
+
+
+def test_cost_model_prefers_dense_for_dense_and_sparse_for_sparse():
+    cm = costmodel.DEFAULT
+    n = 1024 * 1024
+    assert cm.choose({"dense": n, "csr": n}, batch=1) == "dense"
+    assert cm.choose({"dense": n, "csr": n // 100}, batch=1) == "csr"
+    assert cm.choose({"dense": n, "csr": n // 100}, batch=64) == "csr"
+    assert cm.predict("csr", 1000, 64) > cm.predict("csr", 1000, 1)
+    measured = costmodel.calibrate(size=128, repeats=3)
+    assert set(measured.params) == set(costmodel.FORMATS)
+    assert all(v >= 0 for p in measured.params.values() for v in p)
+    assert "calibrated" in repr(measured)
+
+
+def test_import_compiles_nothing():
+    code = ("import sys, time; t = time.perf_counter(); import prunekit, prunekit.sparse, prunekit.sparse.modules; "
+            "dt = time.perf_counter() - t; assert 'numba' not in sys.modules, 'numba imported'; print(dt)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 2.0  # generous on a loaded machine; typically ~0.15 s
