@@ -334,8 +334,8 @@ def plot_mask(mask, ax=None, image_shape=None, title=None, cmap="Greys", figsize
     if image_shape is not None:
         if int(np.prod(image_shape)) != m.shape[1]:
             fail("image_shape", f"a shape with {m.shape[1]} pixels (the layer's inputs)", image_shape)
-        img = ax.imshow(m.sum(axis=0).reshape(image_shape), cmap="viridis", vmin=0, vmax=m.shape[0])
-        ax.figure.colorbar(img, ax=ax, label="kept connections")
+        img = ax.imshow(m.sum(axis=0).reshape(image_shape), cmap="viridis", vmin=0)
+        ax.figure.colorbar(img, ax=ax, label=f"kept connections (of {m.shape[0]})")
         ax.set_xlabel("pixel column")
         ax.set_ylabel("pixel row")
     else:
@@ -373,6 +373,6 @@ def plot_layer_sparsity(reports, ax=None, title=None, figsize=(6, 3.5)):
     ax.set_ylim(0, 100)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))   # beside the bars, not on them
     ax.grid(True, axis="y", alpha=0.3)
     return ax
