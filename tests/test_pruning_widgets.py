@@ -105,7 +105,11 @@ def test_the_users_model_is_not_touched():
     ex = pruning_explorer(model, (xt, yt), score_data=(x[:100], y[:100]), sparsity=0.9, score="taylor")
     for s in (0.1, 0.5, 0.99):
         ex.update(s, scope="global")
-    if pytest.importorskip("ipywidgets"):
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:   # pragma: no cover - the widget part needs ipywidgets
+        pass
+    else:
         ex.widget
         ex.set(sparsity=0.7, score="random")
     after = model.state_dict()
@@ -234,3 +238,56 @@ def test_lenet_update_time_is_printed():
                      f"new score/scope (scores, sort, curves, full redraw): {first * 1000:.0f} ms")
     print("\n" + "\n".join(lines))
     assert ex.result["reached"] == pytest.approx(0.98, abs=1e-3)
+
+
+# ------------------------------------------------------------------ the pruning plots in prunekit.viz
+def test_weight_histogram_splits_kept_and_pruned_counts():
+    from prunekit import viz
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(40, 50))
+    mask = np.abs(w) > 0.5
+    ax = viz.plot_weight_histogram(w, mask, bins=30, threshold=0.5)
+    total, kept = ax.patches[0], ax.patches[1]          # stacked: kept + pruned, then kept on top
+    edges = np.histogram_bin_edges(w, bins=30)
+    np.testing.assert_array_equal(kept.get_data().values, np.histogram(w[mask], bins=edges)[0])
+    np.testing.assert_array_equal(total.get_data().values, np.histogram(w, bins=edges)[0])
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [-0.5, 0.5]
+    with pytest.raises(ValueError, match="'mask'"):
+        viz.plot_weight_histogram(w, mask[:10])
+
+
+def test_score_scatter_title_and_left_out_points():
+    from prunekit import viz
+
+    score = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    oracle = np.array([0.5, 0.0, 2.0, 3.0, 5.0])
+    ax = viz.plot_score_vs_oracle(score, oracle, name="s")
+    assert f"{pruning.spearman(score, oracle):.2f}" in ax.get_title()
+    assert ax.collections[0].get_offsets().shape == (3, 2)          # two points have a zero
+    assert "2 at 0, not shown" in ax.get_legend().get_texts()[0].get_text()
+    ax = viz.plot_score_vs_oracle(score - 2, oracle - 1, log="symlog")   # signs kept, every point drawn
+    assert ax.collections[0].get_offsets().shape == (5, 2) and ax.get_xscale() == "symlog"
+    with pytest.raises(ValueError, match="'oracle'"):
+        viz.plot_score_vs_oracle(score, oracle[:3])
+    with pytest.raises(ValueError, match="'log'"):
+        viz.plot_score_vs_oracle(score, oracle, log="ln")
+
+
+def test_sparsity_curves_mask_image_and_layer_bars():
+    from prunekit import viz
+
+    ax = viz.plot_sparsity_curves({"a": ([0.5, 0.9], [0.8, 0.4])}, baseline=0.85)
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [50, 90])
+    assert ax.lines[1].get_ydata()[0] == 0.85
+    with pytest.raises(ValueError, match="fractions"):
+        viz.plot_sparsity_curves({"a": ([50, 90], [0.8, 0.4])})
+    mask = np.zeros((3, 4))
+    mask[:, 1] = 1
+    mask[0, 3] = 1
+    ax = viz.plot_mask(mask, image_shape=(2, 2))
+    np.testing.assert_array_equal(ax.images[0].get_array(), [[0, 3], [0, 1]])   # kept connections per input
+    with pytest.raises(ValueError, match="'image_shape'"):
+        viz.plot_mask(mask, image_shape=(3, 3))
+    ax = viz.plot_layer_sparsity({"x": {"a": 0.5, "b": 0.25}, "y": {"a": 0.1, "b": 0.9}})
+    assert sorted(round(p.get_height()) for p in ax.patches) == [10, 25, 50, 90]
