@@ -11,17 +11,26 @@ Why these kernels look the way they do
   and used for one multiply-add. Dense float32 reads 4 bytes per weight; CSR
   at density ``d`` reads ``d * (4 + 2)`` bytes per weight with uint16 column
   indices, so its best speed-up is ``4 / (6 d) = 1 / (1.5 d)``
-  (``1 / (2 d)`` with int32 indices). The CSR row loop keeps 8 partial sums so
-  that the CPU is not waiting on one chain of dependent additions.
+  (``1 / (2 d)`` with int32 indices).
+* To get near that limit the row loop must not be the bottleneck. The scalar
+  kernels here keep 8 partial sums (so the CPU is not waiting on one chain of
+  dependent additions); for float32 the kernels of :mod:`prunekit.sparse._simd`
+  go further with 16-lane gathers, 2-3x faster again.
 * Batch B > 1: each weight is used B times, the work becomes compute-bound.
   We transpose ``x`` once to ``xt`` (shape ``(in, B)``) so that one weight
   ``w[i, j]`` multiplies a *contiguous* row ``xt[j, :]``: the inner loop over
   the batch is a plain SIMD loop (``acc[:] += w * xt[j, :]``).
+* int8: quantize x per row, multiply int8 x int8 into int32 sums, dequantize.
+  It beats float32 only with an int8 dot-product instruction (AVX-512 VNNI,
+  :mod:`prunekit.sparse._vnni`); the portable kernel here is the reference
+  design and the fallback.
 * ``fastmath`` stays off: results do not depend on how LLVM feels like
-  re-associating sums (the partial sums above are explicit, so the summation
-  order is fixed and the same on every run).
-* Hot paths do not allocate: pass ``out=`` to reuse an output buffer; scratch
-  buffers live with the weight object.
+  re-associating sums (partial sums are explicit, so the summation order is
+  fixed and the same on every run), and multiply and add are not fused.
+* Starting threads costs microseconds; products smaller than
+  ``PARALLEL_MIN_WORK`` multiply-adds run on one thread (``*_rows`` kernels).
+* Hot paths do not allocate scratch: pass ``out=`` to reuse an output buffer;
+  scratch buffers live with the weight object.
 
 Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
 :func:`prunekit.sparse.warmup` compiles them ahead for float32.
@@ -791,6 +800,12 @@ def _simd_module(dtype, simd=None):
 
 def linear(w: SparseFormat, x, bias=None, out=None):
     """``x @ W.T (+ b)`` for any format; ``x`` of shape ``(in,)`` or ``(B, in)``."""
+    if not isinstance(w, (CSR, BSR, NM, Int8Weight)):
+        fail("w", "a CSR, BSR, NM or Int8Weight", type(w).__name__, TypeError)
+    if isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[0] == 1 and not isinstance(w, Int8Weight):
+        # one row: the batch-1 (memory-bound) kernels, not the batched ones with 15 idle lanes
+        flat = None if out is None else _as_output(out, (1, w.shape[0]), w.dtype).reshape(-1)
+        return linear(w, x.reshape(-1), bias, flat).reshape(1, -1)
     if isinstance(w, CSR):
         x = _as_input(x, w, ndim=(1, 2))
         return csr_spmv(w, x, bias, out) if x.ndim == 1 else csr_spmm(w, x, bias, out)
@@ -798,9 +813,7 @@ def linear(w: SparseFormat, x, bias=None, out=None):
         return bsr_spmm(w, x, bias, out)
     if isinstance(w, NM):
         return nm_spmm(w, x, bias, out)
-    if isinstance(w, Int8Weight):
-        return int8_linear(w, x, bias, out)
-    fail("w", "a CSR, BSR, NM or Int8Weight", type(w).__name__, TypeError)
+    return int8_linear(w, x, bias, out)
 
 
 def _as_input(x, w, ndim):

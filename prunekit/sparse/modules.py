@@ -292,11 +292,12 @@ class SparseSequential(nn.Sequential):
         object.__setattr__(self, "_segments", segments)
 
     def run(self, a):
+        """ndarray in, ndarray out: fused runs at small batch, the children one by one otherwise."""
         mods = list(self._modules.values())
-        small = a.ndim == 2 and a.shape[0] <= self.fuse_max_batch
+        fuse = not self.training
         i = 0
         while i < len(mods):
-            seg = self._segments.get(i) if small else None
+            seg = self._segments.get(i) if fuse and a.ndim == 2 and a.shape[0] <= self.fuse_max_batch else None
             if seg is not None and a.dtype.kind == "f" and a.shape[1] == seg[1].in_features:
                 a = seg[1].run(np.ascontiguousarray(a, dtype=seg[1].dtype))
                 i = seg[0]
@@ -304,9 +305,12 @@ class SparseSequential(nn.Sequential):
             m = mods[i]
             if isinstance(m, (SparseLinear, SparseConv2d, SparseSequential)):
                 a = m.run(a)
+            elif type(m) is nn.ReLU:
+                a = np.maximum(a, 0)
+            elif isinstance(m, _TRANSPARENT) and not m.training:
+                pass
             else:
                 a = m(Tensor(a)).data
-            small = a.ndim == 2 and a.shape[0] <= self.fuse_max_batch
             i += 1
         return a
 
