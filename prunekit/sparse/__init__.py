@@ -11,35 +11,44 @@ ahead); importing this package compiles nothing.
 """
 from __future__ import annotations
 
+from . import costmodel, kernels
 from .formats import BSR, CSR, NM, Int8Weight, SparseFormat
+from .modules import FusedChain, SparseConv2d, SparseLinear, SparseSequential, to_sparse
 
-__all__ = ["CSR", "BSR", "NM", "Int8Weight", "SparseFormat", "warmup"]
+__all__ = ["CSR", "BSR", "NM", "Int8Weight", "SparseFormat", "SparseLinear", "SparseConv2d", "SparseSequential",
+           "FusedChain", "to_sparse", "warmup", "kernels", "costmodel"]
 
 
 def warmup(dtypes=("float32",)) -> int:
-    """Compile every sparse/int8 kernel ahead (for the given dtypes) by running it on tiny inputs.
+    """Compile every sparse/int8 kernel ahead (for the given dtypes) by running each on tiny inputs.
 
-    Compiled code is cached on disk (``cache=True``), so later processes load it
-    instead of compiling. Returns the number of kernel calls made.
+    Both the single-thread and the parallel variants are compiled, and the fused
+    Linear/ReLU chain. Compiled code is cached on disk (``cache=True``), so later
+    processes load it instead of compiling. Returns the number of kernel calls made.
     """
     import numpy as np
 
-    from . import kernels
-
     rng = np.random.default_rng(0)
     calls = 0
-    for dt in dtypes:
-        w = (rng.standard_normal((32, 64)) * (rng.random((32, 64)) < 0.5)).astype(dt)
-        w.reshape(32, 16, 4)[:, :, 2:] = 0  # also a valid 2:4 pattern
-        b = rng.standard_normal(32).astype(dt)
-        for fmt in (CSR.from_dense(w), BSR.from_dense(w, 16), NM.from_dense(w, 2, 4)):
-            for x in (rng.standard_normal(64).astype(dt), rng.standard_normal((3, 64)).astype(dt)):
-                kernels.linear(fmt, x, bias=b)
-                kernels.linear(fmt, x)
-                calls += 2
-        q = Int8Weight.from_dense(w)
-        for x in (rng.standard_normal(64).astype(dt), rng.standard_normal((3, 64)).astype(dt)):
-            for bias in (b, None):
-                kernels.int8_linear(q, x, bias=bias)
+    saved = kernels.PARALLEL_MIN_WORK
+    try:
+        for threshold in (saved, 0):  # small products run on one thread; 0 forces the parallel kernels
+            kernels.PARALLEL_MIN_WORK = threshold
+            for dt in dtypes:
+                w = (rng.standard_normal((32, 64)) * (rng.random((32, 64)) < 0.5)).astype(dt)
+                w.reshape(32, 16, 4)[:, :, 2:] = 0  # also a valid 2:4 pattern
+                b = rng.standard_normal(32).astype(dt)
+                for fmt in (CSR.from_dense(w), BSR.from_dense(w, 16), NM.from_dense(w, 2, 4)):
+                    for x in (rng.standard_normal(64).astype(dt), rng.standard_normal((3, 64)).astype(dt)):
+                        kernels.linear(fmt, x, bias=b)
+                        calls += 1
+                q = Int8Weight.from_dense(w)
+                for x in (rng.standard_normal(64).astype(dt), rng.standard_normal((3, 64)).astype(dt)):
+                    kernels.int8_linear(q, x, bias=b)
+                    calls += 1
+                chain = FusedChain([(CSR.from_dense(w), b, True), (w[:, :32].T.copy(), None, False)], dtype=dt)
+                chain.run(rng.standard_normal((1, 64)).astype(dt))
                 calls += 1
+    finally:
+        kernels.PARALLEL_MIN_WORK = saved
     return calls

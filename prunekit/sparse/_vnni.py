@@ -42,6 +42,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from .._jit import njit
+
 __all__ = ["available", "pack_weights", "gemm", "gemv", "PANEL"]
 
 PANEL = 16  # output rows per packed panel (one int32 lane each)
@@ -164,7 +166,7 @@ def pack_weights(q):
 # ----------------------------------------------------------------------------- kernels
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _dequant_lanes(acc, a0, row_sums, sxb, sw, bias, has_bias, yb, o0, n_out):
     """y[o] = float32(acc[a0 + j] - 128 * row_sums[o]) * (sx[b] * sw[o]) (+ bias[o]) for the 16 lanes."""
     for j in range(PANEL):
@@ -176,7 +178,7 @@ def _dequant_lanes(acc, a0, row_sums, sxb, sw, bias, has_bias, yb, o0, n_out):
             yb[o] = r
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     """y = dequant(xu @ wq.T) for B = y.shape[0] rows; xu is (Bp * k4,) uint8, Bp a multiple of 4.
 
@@ -235,7 +237,7 @@ def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
             _dequant_lanes(acc, b * ld + o1, row_sums, sx[b], sw, bias, has_bias, y[b], o1, n_out)
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemv(xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     """y = dequant(wq @ x) for one activation row ``xu`` (uint8, length 4 * n_quads).
 
@@ -271,7 +273,7 @@ def gemv(xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
             _dequant_lanes(acc, o0 + j * PANEL, row_sums, sxb, sw, bias, has_bias, y, o0 + j * PANEL, n_out)
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def matmul_int32(xu, k4, n_b, wp, n_panels, n_quads, row_sums, acc):
     """Exact int32 ``xq @ wq.T`` (B x n_panels*16) via vpdpbusd, shift by 128 undone. For tests."""
     ld = n_panels * PANEL
