@@ -135,9 +135,10 @@ def fit(model, loader, optimizer, epochs, loss="cross_entropy", val_loader=None,
             total, seen, correct = 0.0, 0, 0
             for xb, yb in loader:
                 optimizer.zero_grad()
-                pred = model(Tensor(xb))
-                yb = _target_like(pred, yb)
-                batch_loss = loss_fn(pred, yb)
+                with np.errstate(over="ignore", invalid="ignore"):  # a blow-up is reported just below
+                    pred = model(Tensor(xb))
+                    yb = _target_like(pred, yb)
+                    batch_loss = loss_fn(pred, yb)
                 if not np.isfinite(batch_loss.data):
                     raise FloatingPointError(
                         f"fit: the loss became {batch_loss.item()} at epoch {epoch}, step {state.step}; "
@@ -157,6 +158,8 @@ def fit(model, loader, optimizer, epochs, loss="cross_entropy", val_loader=None,
                     bar.update(1)
                     if state.step % 10 == 0:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}")
+                if state.stop:  # a callback asked to end training now
+                    break
             metrics = {"loss": total / max(seen, 1)}
             if classify:
                 metrics["accuracy"] = correct / max(seen, 1)
