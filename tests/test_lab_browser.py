@@ -8,6 +8,7 @@ inline matplotlib figure. Skipped when Chromium or Playwright is missing.
 """
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -90,20 +91,41 @@ def lab_server(tmp_path):
         log.close()
 
 
+def _run_all_cells(page, timeout_error, attempts=15):
+    """Run > Run All Cells, as a person would; retried until the first cell starts.
+
+    Right after the page loads, the menu item can be disabled, or a click can land
+    before the kernel connection is ready and do nothing; a person would click again.
+    """
+    item = page.locator(".lm-Menu-item[data-command='runmenu:run-all']").first
+    started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first
+    for _ in range(attempts):
+        try:
+            page.keyboard.press("Escape")  # close a menu left open by the previous attempt
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=5_000)
+            item.wait_for(timeout=5_000)
+            if "lm-mod-disabled" not in (item.get_attribute("class") or ""):
+                item.click(timeout=5_000)
+                started.wait_for(timeout=10_000)
+                return
+        except timeout_error:
+            pass
+        page.wait_for_timeout(1_000)
+    pytest.fail(f"Run All Cells did not start the notebook after {attempts} attempts")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 def test_course_notebook_runs_in_jupyterlab_in_a_browser(lab_server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     base, token = lab_server
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"{base}/lab/tree/demo.ipynb?token={token}", timeout=90_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            # wait until the kernel is up, then Run > Run All Cells
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            _run_all_cells(page, sync_api.TimeoutError)
 
             text = page.locator(".jp-OutputArea-output", has_text="PK-OK")
             text.wait_for(timeout=90_000)
@@ -115,6 +137,6 @@ def test_course_notebook_runs_in_jupyterlab_in_a_browser(lab_server, tmp_path):
             assert "sparsity" in page.locator(".jp-OutputArea-output .widget-label").first.inner_text()
             page.locator(".jp-OutputArea-output img").first.wait_for(timeout=60_000)  # inline figure
             assert page.locator("text=Error displaying widget").count() == 0
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
         finally:
+            page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)  # for a human to look at
             browser.close()
