@@ -131,8 +131,15 @@ def ratio(a, b):
     return a / b, a.p10 / b.p10
 
 
-def interleaved(cands, rounds, seed=0):
-    """Timing per candidate; each round runs every candidate once in a shuffled order."""
+def interleaved(cands, rounds, block=4, seed=0):
+    """Timing per candidate over ``rounds`` rounds; each round runs every candidate, in a shuffled order,
+    ``block`` times in a row and keeps all but the first run of the block.
+
+    Why blocks: OpenBLAS and numba's OpenMP each keep their worker threads spinning for a while after
+    a call. On a 2-core machine the next library's threads then wait for a core, and the first call
+    after a switch measures that hand-over, not the kernel. (A model that alternates BLAS and numba
+    layers does pay it; see the report.)
+    """
     rng = np.random.default_rng(seed)
     names = list(cands)
     for f in cands.values():  # warm up: compile, fill caches, allocate workspaces
@@ -142,9 +149,12 @@ def interleaved(cands, rounds, seed=0):
     for _ in range(rounds):
         for i in rng.permutation(len(names)):
             k = names[i]
-            t0 = time.perf_counter()
-            cands[k]()
-            times[k].append(time.perf_counter() - t0)
+            for j in range(block):
+                t0 = time.perf_counter()
+                cands[k]()
+                dt = time.perf_counter() - t0
+                if j:
+                    times[k].append(dt)
     return {k: Timing(v) for k, v in times.items()}
 
 
@@ -185,7 +195,7 @@ def bench_layers(rounds1, rounds64, seed=0):
                 cands["nm24"] = lambda: kernels.linear(nm, xin, out=out)
             if s_csr is not None:
                 cands["scipy"] = (lambda: s_csr @ xin) if batch == 1 else (lambda: (s_csr @ x.T).T)
-            t = interleaved(cands, rounds1 if batch == 1 else rounds64)
+            t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=4 if batch == 1 else 3)
             # correctness of what we timed
             np.testing.assert_allclose(kernels.linear(csr, xin), xin @ w_csr.T, rtol=1e-3, atol=1e-2)
             np.testing.assert_allclose(kernels.linear(bsr, xin), xin @ w_bsr.T, rtol=1e-3, atol=1e-2)
@@ -274,7 +284,7 @@ def bench_lenet(rounds, sparsity=0.95, seed=0):
             np.testing.assert_allclose(fast(xt).data, model(xt).data, rtol=1e-4, atol=1e-5)
             cands = {"dense": lambda: model(xt), "numpy": lambda: npf(x), "to_sparse": lambda: fast(xt),
                      "to_sparse_unfused": lambda: unfused(xt)}
-            t = interleaved(cands, rounds if batch == 1 else max(rounds // 10, 20))
+            t = interleaved(cands, rounds if batch == 1 else max(rounds // 10, 20), block=5)
         row = {"batch": batch, **{f"{k}_us": v * 1e6 for k, v in t.items()},
                **{f"{k}_p10_us": v.p10 * 1e6 for k, v in t.items()},
                "vs_dense": ratio(t["dense"], t["to_sparse"]), "vs_numpy": ratio(t["numpy"], t["to_sparse"]),
@@ -324,7 +334,8 @@ def markdown(info, layers, int8, lenet, command, load):
     if load is not None:
         out.append(f"| background load | {load:.0%} of the machine was busy with other processes during the run |")
     out += ["", "Ratios are dense-NumPy time / candidate time (higher is faster; 1.00x = as fast as dense),",
-            "written `median (p10) [limit]`: the ratio of the medians over interleaved rounds, in parentheses the",
+            "written `median (p10) [limit]`: the ratio of the medians over interleaved rounds (each round runs every",
+            "candidate a few times in a row, in a shuffled order, and drops the first run), in parentheses the",
             "ratio of the 10th percentiles (the machine at its quietest; use it when the background load is high),",
             "in brackets the limit: bytes moved (batch 1, memory-bound) or multiply-adds (batch 64, compute-bound),",
             "dense / format. CSR is an unstructured random mask; BSR16 a 16x16 block mask at the same sparsity;",
@@ -359,14 +370,14 @@ def markdown(info, layers, int8, lenet, command, load):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds (noisier); writes nothing unless --out")
-    p.add_argument("--rounds", type=int, default=None, help="rounds at batch 1 (batch 64 uses a quarter)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds at batch 1 (batch 64 uses a third)")
     p.add_argument("--out", default=None, help="markdown file to write (default benchmarks/BENCHMARKS_kernels.md)")
     p.add_argument("--append", action="store_true", help="append to --out instead of overwriting")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the machine to be mostly idle (shared machines)")
     args = p.parse_args(argv)
-    rounds1 = args.rounds or (30 if args.quick else 150)
-    rounds64 = max(rounds1 // 4, 5)
+    rounds1 = args.rounds or (10 if args.quick else 40)
+    rounds64 = max(rounds1 // 3, 4)
     out_path = args.out or (None if args.quick else str(Path(__file__).with_name("BENCHMARKS_kernels.md")))
 
     if args.wait_quiet:
@@ -381,7 +392,7 @@ def main(argv=None):
     pk.sparse.warmup()
     layers = bench_layers(rounds1, rounds64)
     int8 = bench_int8(rounds1, rounds64)
-    lenet = bench_lenet(rounds1 * 20)
+    lenet = bench_lenet(rounds1 * 10)
     load = None
     busy1 = cpu_busy()
     if busy0 and busy1:
