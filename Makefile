@@ -51,11 +51,15 @@ lab: $(VENV)/.stamp-lab
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_DIR)
 
 # Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers.
+# Each worker (and each notebook kernel it starts) gets one BLAS/OpenMP/numba thread:
+# $(JOBS) workers already fill the cores, and extra threads spinning on a busy
+# machine made training 10-40x slower (measured; see benchmarks/BENCHMARKS.md).
 # --dist loadfile keeps all cells of a notebook on one worker, in order;
 # --nbval-current-env runs notebooks with this venv's Python.
 # pytest's exit code 5 ("no tests collected") is not a failure while the course is young.
 test: $(VENV)/.stamp-lab-test
-	@rc=0; $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+	@rc=0; OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+	  $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 	  $(TEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit code 5); nothing failed."; rc=0; fi; \
 	exit $$rc
