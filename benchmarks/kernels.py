@@ -131,15 +131,20 @@ def ratio(a, b):
     return a / b, a.p10 / b.p10
 
 
-def interleaved(cands, rounds, block=4, seed=0):
-    """Timing per candidate over ``rounds`` rounds; each round runs every candidate, in a shuffled order,
-    ``block`` times in a row and keeps all but the first run of the block.
+SETTLE = 0.15  # seconds each candidate runs untimed before its timed block (see interleaved)
 
-    Why blocks: OpenBLAS and numba's OpenMP each keep their worker threads spinning for a while after
-    a call. On a 2-core machine the next library's threads then wait for a core, and the first call
-    after a switch measures that hand-over, not the kernel. (A model that alternates BLAS and numba
-    layers does pay it; see the report.)
+
+def interleaved(cands, rounds, block=4, seed=0, settle=None):
+    """Timing per candidate over ``rounds`` rounds; each round visits every candidate in a shuffled
+    order, runs it untimed for ``settle`` seconds, then times ``block`` runs in a row.
+
+    Why settle: these products are memory-bound, so their speed depends on where their arrays
+    are. Right after another candidate streamed its own (up to 64 MB) weights, ours are out of
+    cache, and the first calls measure DRAM, not the steady state every candidate gets here
+    (bench_cache shows both). Worker threads of OpenBLAS and OpenMP also keep spinning briefly
+    after a call. Interleaving still spreads any background load over all candidates alike.
     """
+    settle = SETTLE if settle is None else settle
     rng = np.random.default_rng(seed)
     names = list(cands)
     for f in cands.values():  # warm up: compile, fill caches, allocate workspaces
@@ -149,13 +154,32 @@ def interleaved(cands, rounds, block=4, seed=0):
     for _ in range(rounds):
         for i in rng.permutation(len(names)):
             k = names[i]
-            for j in range(block):
+            t_end = time.perf_counter() + settle
+            while time.perf_counter() < t_end:
+                cands[k]()
+            for _ in range(block):
                 t0 = time.perf_counter()
                 cands[k]()
-                dt = time.perf_counter() - t0
-                if j:
-                    times[k].append(dt)
+                times[k].append(time.perf_counter() - t0)
     return {k: Timing(v) for k, v in times.items()}
+
+
+def warm_and_cold(fn, flush, repeats=7):
+    """(warm, cold) seconds: ``fn`` repeated (its data in cache) vs right after ``flush`` evicted the caches."""
+    for _ in range(20):
+        fn()
+    warm = float(np.median([_timed(fn) for _ in range(50)]))
+    cold = []
+    for _ in range(repeats):
+        flush()
+        cold.append(_timed(fn))
+    return warm, float(np.median(cold))
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- layers
@@ -195,7 +219,7 @@ def bench_layers(rounds1, rounds64, seed=0):
                 cands["nm24"] = lambda: kernels.linear(nm, xin, out=out)
             if s_csr is not None:
                 cands["scipy"] = (lambda: s_csr @ xin) if batch == 1 else (lambda: (s_csr @ x.T).T)
-            t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=4 if batch == 1 else 3)
+            t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=8 if batch == 1 else 3)
             # correctness of what we timed
             np.testing.assert_allclose(kernels.linear(csr, xin), xin @ w_csr.T, rtol=1e-3, atol=1e-2)
             np.testing.assert_allclose(kernels.linear(bsr, xin), xin @ w_bsr.T, rtol=1e-3, atol=1e-2)
@@ -233,7 +257,7 @@ def bench_int8(rounds1, rounds64, seed=1):
         cands = {"dense": lambda: xin @ w.T, "int8": lambda: kernels.int8_linear(q, xin, out=out)}
         if kernels.has_vnni():
             cands["int8_portable"] = lambda: kernels.int8_linear(q, xin, out=out, vnni=False)
-        t = interleaved(cands, rounds1 if batch == 1 else rounds64)
+        t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=8 if batch == 1 else 3)
         ref = kernels.int8_linear_reference(q, xin)
         np.testing.assert_allclose(kernels.int8_linear(q, xin), ref, rtol=1e-4, atol=1e-3)
         row = {"batch": batch, "dense_us": t["dense"] * 1e6, "dense_p10_us": t["dense"].p10 * 1e6,
@@ -246,6 +270,28 @@ def bench_int8(rounds1, rounds64, seed=1):
 
 
 # ----------------------------------------------------------------------------- LeNet
+
+
+def bench_cache(sparsity=0.9, seed=3):
+    """Batch-1 dense vs CSR with the weights in cache (repeated calls) and cold (after streaming 256 MB)."""
+    rng = np.random.default_rng(seed)
+    w, w_csr, _ = layer_cases(sparsity, rng)
+    csr = CSR.from_dense(w_csr)
+    x = rng.standard_normal(N).astype(np.float32)
+    out = np.empty(N, dtype=np.float32)
+    junk = np.ones(64 * 2**20, dtype=np.float32)  # 256 MB, more than any cache
+
+    def flush():
+        junk.sum()
+
+    dense = warm_and_cold(lambda: w @ x, flush)
+    sparse = warm_and_cold(lambda: kernels.linear(csr, x, out=out), flush)
+    row = {"dense": [t * 1e6 for t in dense], "csr": [t * 1e6 for t in sparse], "sparsity": sparsity,
+           "ratio": [dense[0] / sparse[0], dense[1] / sparse[1]]}
+    print(f"cache: dense warm {row['dense'][0]:.0f} us cold {row['dense'][1]:.0f} us | CSR {sparsity:.0%} warm "
+          f"{row['csr'][0]:.0f} us cold {row['csr'][1]:.0f} us | ratio warm {row['ratio'][0]:.2f}x "
+          f"cold {row['ratio'][1]:.2f}x", flush=True)
+    return row
 
 
 def numpy_forward(model):
@@ -284,7 +330,8 @@ def bench_lenet(rounds, sparsity=0.95, seed=0):
             np.testing.assert_allclose(fast(xt).data, model(xt).data, rtol=1e-4, atol=1e-5)
             cands = {"dense": lambda: model(xt), "numpy": lambda: npf(x), "to_sparse": lambda: fast(xt),
                      "to_sparse_unfused": lambda: unfused(xt)}
-            t = interleaved(cands, rounds if batch == 1 else max(rounds // 10, 20), block=5)
+            t = interleaved(cands, rounds if batch == 1 else max(rounds // 10, 10), block=200 if batch == 1 else 20,
+                            settle=0.05)
         row = {"batch": batch, **{f"{k}_us": v * 1e6 for k, v in t.items()},
                **{f"{k}_p10_us": v.p10 * 1e6 for k, v in t.items()},
                "vs_dense": ratio(t["dense"], t["to_sparse"]), "vs_numpy": ratio(t["numpy"], t["to_sparse"]),
@@ -326,7 +373,7 @@ def format_lenet_row(r):
             f"dense, {_r(r['vs_numpy'])} vs NumPy; unfused {r['to_sparse_unfused_us']:.1f} us")
 
 
-def markdown(info, layers, int8, lenet, command, load):
+def markdown(info, layers, int8, lenet, command, load, switch=None):
     out = ["# Kernel benchmarks (prunekit.sparse)", "",
            f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
            "| machine | |", "|---|---|"]
@@ -335,7 +382,7 @@ def markdown(info, layers, int8, lenet, command, load):
         out.append(f"| background load | {load:.0%} of the machine was busy with other processes during the run |")
     out += ["", "Ratios are dense-NumPy time / candidate time (higher is faster; 1.00x = as fast as dense),",
             "written `median (p10) [limit]`: the ratio of the medians over interleaved rounds (each round runs every",
-            "candidate a few times in a row, in a shuffled order, and drops the first run), in parentheses the",
+            "candidate in a shuffled order, untimed for 0.15 s and then a few timed runs in a row), in parentheses the",
             "ratio of the 10th percentiles (the machine at its quietest; use it when the background load is high),",
             "in brackets the limit: bytes moved (batch 1, memory-bound) or multiply-adds (batch 64, compute-bound),",
             "dense / format. CSR is an unstructured random mask; BSR16 a 16x16 block mask at the same sparsity;",
@@ -364,6 +411,14 @@ def markdown(info, layers, int8, lenet, command, load):
                    f"({r['numpy_p10_us']:.1f}) | {r['to_sparse_us']:.1f} ({r['to_sparse_p10_us']:.1f}) | "
                    f"{_r(r['vs_dense'])} | {_r(r['vs_numpy'])} | {r['to_sparse_unfused_us']:.1f} |")
     out.append("")
+    if switch is not None:
+        out += [f"## Where the weights live: batch 1, CSR {switch['sparsity']:.0%} vs dense", "",
+                "Warm: the same product repeated, its arrays in cache (as in the tables above). Cold: right after",
+                "streaming 256 MB, so the weights come from DRAM. Memory-bound kernels run at the speed of",
+                "wherever their bytes are; the ratio moves with it.", "",
+                "| | dense (us) | CSR (us) | CSR speed-up |", "|---|---|---|---|",
+                f"| warm | {switch['dense'][0]:.0f} | {switch['csr'][0]:.0f} | {switch['ratio'][0]:.2f}x |",
+                f"| cold | {switch['dense'][1]:.0f} | {switch['csr'][1]:.0f} | {switch['ratio'][1]:.2f}x |", ""]
     return "\n".join(out)
 
 
@@ -376,8 +431,8 @@ def main(argv=None):
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the machine to be mostly idle (shared machines)")
     args = p.parse_args(argv)
-    rounds1 = args.rounds or (10 if args.quick else 40)
-    rounds64 = max(rounds1 // 3, 4)
+    rounds1 = args.rounds or (4 if args.quick else 15)
+    rounds64 = max(rounds1 // 2, 3)
     out_path = args.out or (None if args.quick else str(Path(__file__).with_name("BENCHMARKS_kernels.md")))
 
     if args.wait_quiet:
@@ -392,7 +447,8 @@ def main(argv=None):
     pk.sparse.warmup()
     layers = bench_layers(rounds1, rounds64)
     int8 = bench_int8(rounds1, rounds64)
-    lenet = bench_lenet(rounds1 * 10)
+    lenet = bench_lenet(rounds1)
+    switch = bench_cache()
     load = None
     busy1 = cpu_busy()
     if busy0 and busy1:
@@ -405,7 +461,7 @@ def main(argv=None):
         command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
         env_prefix = " ".join(f"{k}={v}" for k, v in os.environ.items()
                               if k.startswith(("OPENBLAS_", "OMP_", "NUMBA_NUM")))
-        text = markdown(info, layers, int8, lenet, (env_prefix + " " + command).strip(), load)
+        text = markdown(info, layers, int8, lenet, (env_prefix + " " + command).strip(), load, switch)
         mode = "a" if args.append else "w"
         with open(out_path, mode) as f:
             f.write(("\n\n" if args.append else "") + text)
