@@ -3,48 +3,58 @@
     python benchmarks/train_step.py [--reps 200] [--batch 128] [--threads N]
 
 Both frameworks get the same model, the same initial weights, the same batch and
-the same number of threads. Steps are interleaved in short blocks (prunekit, torch, prunekit, ...)
-so that both see the same machine load, and the medians are compared. Prints one
-line per model with the ratio prunekit / torch (below 1 means prunekit is faster).
+the same number of threads. Each framework runs in its own worker process (two
+OpenMP runtimes in one process share, and fight over, one thread pool); the parent
+makes them take turns in short blocks, so both see the same machine load, and
+compares the medians. The first step of each block, which pays for the hand-over,
+is not counted. Prints one line per model with the ratio prunekit / torch (below 1
+means prunekit is faster), after checking that both start from the same loss.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
-
-def _threads_from_argv(default=None):
-    """--threads must be known before NumPy starts its BLAS thread pool."""
-    for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return default
+MODELS = ("lenet_300_100", "lenet5")
 
 
-_T = _threads_from_argv()
-if _T:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = _T
+def _inputs(model_name, batch):
+    import numpy as np
 
-import numpy as np  # noqa: E402
+    rng = np.random.default_rng(0)
+    shape = (batch, 784) if model_name == "lenet_300_100" else (batch, 1, 28, 28)
+    return rng.random(shape, dtype=np.float32), rng.integers(0, 10, batch).astype(np.int64)
 
-import prunekit as pk
-from prunekit import functional as F
 
-try:
+def _prunekit_step(model_name, batch, lr=0.01, momentum=0.9):
+    import prunekit as pk
+    from prunekit import functional as F
+
+    model = getattr(pk.models, model_name)(seed=0)
+    opt = pk.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    x, y = _inputs(model_name, batch)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(pk.Tensor(x)), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def _torch_step(model_name, batch, lr=0.01, momentum=0.9):
+    """The same architecture in PyTorch, with prunekit's initial weights copied in."""
+    import prunekit as pk
     import torch
-except ImportError:  # torch is only in the `bench` extra
-    torch = None
 
-
-def torch_model(pk_model):
-    """The same architecture in PyTorch, with prunekit's weights copied in."""
     tnn = torch.nn
+    pk_model = getattr(pk.models, model_name)(seed=0)
     layers = []
     for m in pk_model:
         if isinstance(m, pk.nn.Linear):
@@ -59,77 +69,119 @@ def torch_model(pk_model):
             layers.append(tnn.Flatten())
         else:
             raise TypeError(f"no torch twin for {type(m).__name__}")
-    tm = tnn.Sequential(*layers)
+    model = tnn.Sequential(*layers)
     with torch.no_grad():
-        for (_, p), tp in zip(pk_model.named_parameters(), tm.parameters()):
+        for (_, p), tp in zip(pk_model.named_parameters(), model.parameters()):
             tp.copy_(torch.from_numpy(p.data.copy()))
-    return tm
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    x, y = (torch.from_numpy(a) for a in _inputs(model_name, batch))
+    loss_fn = tnn.CrossEntropyLoss()
 
-
-def bench(name, model, x, y, reps, lr=0.01, momentum=0.9):
-    opt = pk.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    tmodel = torch_model(model)
-    topt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=momentum)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    tloss = torch.nn.CrossEntropyLoss()
-
-    def pk_step():
+    def step():
         opt.zero_grad()
-        loss = F.cross_entropy(model(pk.Tensor(x)), y)
+        loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         return loss.item()
+    return step
 
-    def torch_step():
-        topt.zero_grad()
-        loss = tloss(tmodel(tx), ty)
-        loss.backward()
-        topt.step()
-        return loss.item()
 
-    # same starting loss: the two models really are the same
-    first_pk, first_t = pk_step(), torch_step()
-    assert abs(first_pk - first_t) < 1e-3 * max(1.0, abs(first_t)), (first_pk, first_t)
-    for _ in range(10):  # warm up (numba compilation, allocator, caches)
-        pk_step(), torch_step()
-    # Interleave in short blocks: a few steps of one framework, then of the other. Step-by-step
-    # alternation would make each pay for the other's idle worker threads still spinning on
-    # the two cores; the first step of each block absorbs that hand-over and is not counted.
-    tp, tt = [], []
-    block = 8
-    for _ in range(max(1, reps // (block - 1))):
-        for step, times in ((pk_step, tp), (torch_step, tt)):
-            for i in range(block):
+def worker(framework, model_name, batch, threads):
+    """Read 'N' lines on stdin, run N steps, answer with their times (JSON); 'info' describes the worker."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        step = _torch_step(model_name, batch)
+        info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    else:
+        import numba
+        import numpy as np
+
+        step = _prunekit_step(model_name, batch)
+        info = {"numpy": np.__version__, "numba": numba.__version__, "threads": numba.config.NUMBA_NUM_THREADS}
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "info":
+            out = info
+        elif cmd == "loss":
+            out = step()
+        else:
+            times = []
+            for _ in range(int(cmd)):
                 t0 = time.perf_counter()
                 step()
-                if i:
-                    times.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t0)
+            out = times
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+class Worker:
+    def __init__(self, framework, model_name, batch, threads):
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[var] = str(threads)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", framework, "--model", model_name,
+             "--batch", str(batch), "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, cmd):
+        self.proc.stdin.write(f"{cmd}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("benchmark worker died; see its error above")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def bench(model_name, batch, threads, reps, block=8):
+    import numpy as np
+
+    pk_w, t_w = Worker("prunekit", model_name, batch, threads), Worker("torch", model_name, batch, threads)
+    try:
+        info = {**t_w.ask("info"), **{k: v for k, v in pk_w.ask("info").items() if k != "threads"}}
+        first_pk, first_t = pk_w.ask("loss"), t_w.ask("loss")
+        if abs(first_pk - first_t) > 1e-3 * max(1.0, abs(first_t)):
+            raise AssertionError(f"{model_name}: the two models differ (first loss {first_pk} vs {first_t})")
+        pk_w.ask(10), t_w.ask(10)  # warm up: numba compilation, allocators, caches
+        tp, tt = [], []
+        for _ in range(max(1, reps // (block - 1))):
+            tp += pk_w.ask(block)[1:]
+            tt += t_w.ask(block)[1:]
+    finally:
+        pk_w.close(), t_w.close()
     mp, mt = np.median(tp) * 1e3, np.median(tt) * 1e3
-    print(f"{name:<16} prunekit {mp:8.3f} ms   torch {mt:8.3f} ms   ratio {mp / mt:5.2f}x")
-    return mp, mt
+    return info, mp, mt
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=200, help="timed steps per framework and model")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="threads for BLAS, numba and torch alike (default: all cores)")
+    ap.add_argument("--worker", choices=("prunekit", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if torch is None:
+    if args.worker:
+        return worker(args.worker, args.model, args.batch, args.threads)
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # torch is only in the `bench` extra
         print("train_step.py: PyTorch is not installed (pip install -e '.[bench]'); skipping.")
         return
-    import numba
-
-    threads = numba.config.NUMBA_NUM_THREADS
-    torch.set_num_threads(threads)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; threads: numba {threads}, "
-          f"torch {torch.get_num_threads()}; numpy {np.__version__}, torch {torch.__version__}")
-    rng = np.random.default_rng(0)
-    b = args.batch
-    y = rng.integers(0, 10, b).astype(np.int64)
-    bench("lenet_300_100", pk.models.lenet_300_100(seed=0), rng.random((b, 784), dtype=np.float32), y, args.reps)
-    bench("lenet5", pk.models.lenet5(seed=0), rng.random((b, 1, 28, 28), dtype=np.float32), y, args.reps)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; batch {args.batch}; "
+          f"{args.threads} thread(s) per framework; medians of {args.reps} steps")
+    for name in MODELS:
+        info, mp, mt = bench(name, args.batch, args.threads, args.reps)
+        print(f"{name:<16} prunekit {mp:8.3f} ms   torch {mt:8.3f} ms   ratio {mp / mt:5.2f}x")
+    print(f"versions: {info}")
 
 
 if __name__ == "__main__":
