@@ -287,3 +287,18 @@ def test_oracle_generic_path_equals_sequential_fast_path():
     slow = P.compute_scores(Wrapped(m), "oracle", data=(X, Y_CLS), batch_size=3)
     for n in NAMES:
         np.testing.assert_allclose(slow["inner." + n], fast[n], rtol=1e-9, atol=1e-14)
+
+
+def test_grade_scores_routes_each_option_to_the_scores_that_read_it():
+    """max_weights is the oracle's and max_samples OBD's: grading must accept both, and refuse a typo."""
+    import prunekit as pk
+    from prunekit import pruning
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    model = pk.models.mlp([6, 5, 3], seed=0)
+    rho = pruning.grade_scores(model, (x, y), scores=("magnitude", "obd"), max_weights=20000, max_samples=16)
+    assert set(rho) == {"magnitude", "obd"} and all(-1 <= v <= 1 for v in rho.values())
+    with pytest.raises(TypeError, match="max_weight"):
+        pruning.grade_scores(model, (x, y), scores=("magnitude",), max_weight=20000)

@@ -631,11 +631,28 @@ def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", 
     """
     from ._targets import select_weights
     params = select_weights(model, layers)
-    ref = _run_score(model, params, reference, data, loss, seed, options)
+    every = [reference, *scores]
+
+    def accepts(sc):  # None: an unregistered callable, which may read any option
+        return None if isinstance(sc, dict) else (
+            None if get_score(sc).options is None else set(COMMON_OPTIONS + get_score(sc).options))
+
+    # An option goes only to the scores that read it (e.g. max_weights to the oracle);
+    # one that no score reads is still refused, so a typo does not pass silently.
+    known = set().union(*(a for a in map(accepts, every) if a is not None))
+    if all(accepts(sc) is not None for sc in every):
+        for key in sorted(set(options) - known):
+            fail(key, f"an option one of the graded scores reads ({', '.join(sorted(known))})", options[key], TypeError)
+
+    def own(sc):
+        a = accepts(sc)
+        return dict(options) if a is None else {k: v for k, v in options.items() if k in a}
+
+    ref = _run_score(model, params, reference, data, loss, seed, own(reference))
     masks = {n: p.mask for n, p in params.items() if p.mask is not None}
     out = OrderedDict()
     for sc in scores:
-        got = _run_score(model, params, sc, data, loss, seed, options)
+        got = _run_score(model, params, sc, data, loss, seed, own(sc))
         name = "dict" if isinstance(sc, dict) else get_score(sc).name
         out[name] = spearman(got, ref, masks or None)
     return out
