@@ -90,6 +90,39 @@ def wait_quiet(limit, window=2.0, idle_needed=0.8):
     print("machine did not get quiet; measuring anyway", flush=True)
 
 
+def background_since(mark):
+    """Fraction of the machine used by *other* processes since ``mark`` (from ``load_mark()``)."""
+    busy0, own0, t0 = mark
+    busy1 = cpu_busy()
+    if busy0 is None or busy1 is None:
+        return 0.0
+    elapsed = time.perf_counter() - t0
+    other = (busy1[0] - busy0[0]) / os.sysconf("SC_CLK_TCK") - (sum(os.times()[:2]) - own0)
+    return max(other, 0.0) / (elapsed * (os.cpu_count() or 1))
+
+
+def load_mark():
+    return cpu_busy(), sum(os.times()[:2]), time.perf_counter()
+
+
+MAX_LOAD = None  # set from --max-load
+ATTEMPTS = 4
+
+
+def quiet_run(fn, label):
+    """Run ``fn``; if other processes used more than MAX_LOAD of the machine meanwhile, wait and redo."""
+    for attempt in range(ATTEMPTS):
+        mark = load_mark()
+        res = fn()
+        load = background_since(mark)
+        if MAX_LOAD is None or load <= MAX_LOAD or attempt == ATTEMPTS - 1:
+            return res, load
+        print(f"  ({label}: background load {load:.0%} > {MAX_LOAD:.0%}, waiting for quiet and repeating)",
+              flush=True)
+        wait_quiet(600)
+    return res, load
+
+
 def machine_report():
     import numba
 
@@ -219,11 +252,13 @@ def bench_layers(rounds1, rounds64, seed=0):
                 cands["nm24"] = lambda: kernels.linear(nm, xin, out=out)
             if s_csr is not None:
                 cands["scipy"] = (lambda: s_csr @ xin) if batch == 1 else (lambda: (s_csr @ x.T).T)
-            t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=8 if batch == 1 else 3)
+            t, load = quiet_run(lambda: interleaved(cands, rounds1 if batch == 1 else rounds64,
+                                                    block=8 if batch == 1 else 3), f"{sp:.0%} batch {batch}")
             # correctness of what we timed
             np.testing.assert_allclose(kernels.linear(csr, xin), xin @ w_csr.T, rtol=1e-3, atol=1e-2)
             np.testing.assert_allclose(kernels.linear(bsr, xin), xin @ w_bsr.T, rtol=1e-3, atol=1e-2)
-            row = {"sparsity": sp, "batch": batch, "dense_us": t["dense"] * 1e6, "dense_p10_us": t["dense"].p10 * 1e6}
+            row = {"sparsity": sp, "batch": batch, "dense_us": t["dense"] * 1e6, "dense_p10_us": t["dense"].p10 * 1e6,
+                   "load": load}
             for k in t:
                 row[k] = ratio(t["dense"], t[k])
             if "scipy" in t:
@@ -257,11 +292,13 @@ def bench_int8(rounds1, rounds64, seed=1):
         cands = {"dense": lambda: xin @ w.T, "int8": lambda: kernels.int8_linear(q, xin, out=out)}
         if kernels.has_vnni():
             cands["int8_portable"] = lambda: kernels.int8_linear(q, xin, out=out, vnni=False)
-        t = interleaved(cands, rounds1 if batch == 1 else rounds64, block=8 if batch == 1 else 3)
+        t, load = quiet_run(lambda: interleaved(cands, rounds1 if batch == 1 else rounds64,
+                                                block=8 if batch == 1 else 3), f"int8 batch {batch}")
         ref = kernels.int8_linear_reference(q, xin)
         np.testing.assert_allclose(kernels.int8_linear(q, xin), ref, rtol=1e-4, atol=1e-3)
         row = {"batch": batch, "dense_us": t["dense"] * 1e6, "dense_p10_us": t["dense"].p10 * 1e6,
-               "int8": ratio(t["dense"], t["int8"]), "limit": (4 * N * N) / q.nbytes if batch == 1 else None}
+               "int8": ratio(t["dense"], t["int8"]), "limit": (4 * N * N) / q.nbytes if batch == 1 else None,
+               "load": load}
         if "int8_portable" in t:
             row["int8_portable"] = ratio(t["dense"], t["int8_portable"])
         rows.append(row)
@@ -284,8 +321,8 @@ def bench_cache(sparsity=0.9, seed=3):
     def flush():
         junk.sum()
 
-    dense = warm_and_cold(lambda: w @ x, flush)
-    sparse = warm_and_cold(lambda: kernels.linear(csr, x, out=out), flush)
+    (dense, sparse), _ = quiet_run(lambda: (warm_and_cold(lambda: w @ x, flush),
+                                            warm_and_cold(lambda: kernels.linear(csr, x, out=out), flush)), "cache")
     row = {"dense": [t * 1e6 for t in dense], "csr": [t * 1e6 for t in sparse], "sparsity": sparsity,
            "ratio": [dense[0] / sparse[0], dense[1] / sparse[1]]}
     print(f"cache: dense warm {row['dense'][0]:.0f} us cold {row['dense'][1]:.0f} us | CSR {sparsity:.0%} warm "
@@ -330,12 +367,13 @@ def bench_lenet(rounds, sparsity=0.95, seed=0):
             np.testing.assert_allclose(fast(xt).data, model(xt).data, rtol=1e-4, atol=1e-5)
             cands = {"dense": lambda: model(xt), "numpy": lambda: npf(x), "to_sparse": lambda: fast(xt),
                      "to_sparse_unfused": lambda: unfused(xt)}
-            t = interleaved(cands, rounds if batch == 1 else max(rounds // 10, 10), block=200 if batch == 1 else 20,
-                            settle=0.05)
+            t, load = quiet_run(lambda: interleaved(cands, rounds if batch == 1 else max(rounds // 10, 10),
+                                                    block=200 if batch == 1 else 20, settle=0.05),
+                                f"LeNet batch {batch}")
         row = {"batch": batch, **{f"{k}_us": v * 1e6 for k, v in t.items()},
                **{f"{k}_p10_us": v.p10 * 1e6 for k, v in t.items()},
                "vs_dense": ratio(t["dense"], t["to_sparse"]), "vs_numpy": ratio(t["numpy"], t["to_sparse"]),
-               "unfused_vs_dense": ratio(t["dense"], t["to_sparse_unfused"])}
+               "unfused_vs_dense": ratio(t["dense"], t["to_sparse_unfused"]), "load": load}
         rows.append(row)
         print(format_lenet_row(row), flush=True)
     return rows
@@ -389,27 +427,27 @@ def markdown(info, layers, int8, lenet, command, load, switch=None):
             "N:M is 2:4 (50% by construction).", ""]
     for batch in BATCHES:
         out += [f"## 4096 x 4096 layer, batch {batch}", "",
-                "| sparsity | dense us (p10) | scipy.sparse | CSR | BSR 16x16 | N:M 2:4 | CSR vs scipy |",
-                "|---|---|---|---|---|---|---|"]
+                "| sparsity | dense us (p10) | scipy.sparse | CSR | BSR 16x16 | N:M 2:4 | CSR vs scipy | other load |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in layers:
             if r["batch"] != batch:
                 continue
             out.append(f"| {r['sparsity']:.0%} | {r['dense_us']:.0f} ({r['dense_p10_us']:.0f}) | {_r(r.get('scipy'))} | "
                        f"{_r(r['csr'], r['csr_limit'])} | {_r(r['bsr16'], r['bsr16_limit'])} | "
-                       f"{_r(r.get('nm24'), r.get('nm24_limit'))} | {_r(r.get('csr_vs_scipy'))} |")
+                       f"{_r(r.get('nm24'), r.get('nm24_limit'))} | {_r(r.get('csr_vs_scipy'))} | {r['load']:.0%} |")
         out.append("")
     out += ["## int8 weights (dense 4096 x 4096, per-row scales, activations quantized per row)", "",
-            "| batch | fp32 BLAS us (p10) | int8 | portable int8 (no VNNI) |", "|---|---|---|---|"]
+            "| batch | fp32 BLAS us (p10) | int8 | portable int8 (no VNNI) | other load |", "|---|---|---|---|---|"]
     for r in int8:
         out.append(f"| {r['batch']} | {r['dense_us']:.0f} ({r['dense_p10_us']:.0f}) | {_r(r['int8'], r['limit'])} | "
-                   f"{_r(r.get('int8_portable'))} |")
+                   f"{_r(r.get('int8_portable'))} | {r['load']:.0%} |")
     out += ["", "## LeNet-300-100 pruned to 95% (magnitude, per layer), through `to_sparse`", "",
             "| batch | prunekit dense us (p10) | NumPy dense us (p10) | to_sparse us (p10) | vs prunekit dense | vs NumPy dense "
-            "| unfused to_sparse (us) |", "|---|---|---|---|---|---|---|"]
+            "| unfused to_sparse (us) | other load |", "|---|---|---|---|---|---|---|---|"]
     for r in lenet:
         out.append(f"| {r['batch']} | {r['dense_us']:.1f} ({r['dense_p10_us']:.1f}) | {r['numpy_us']:.1f} "
                    f"({r['numpy_p10_us']:.1f}) | {r['to_sparse_us']:.1f} ({r['to_sparse_p10_us']:.1f}) | "
-                   f"{_r(r['vs_dense'])} | {_r(r['vs_numpy'])} | {r['to_sparse_unfused_us']:.1f} |")
+                   f"{_r(r['vs_dense'])} | {_r(r['vs_numpy'])} | {r['to_sparse_unfused_us']:.1f} | {r['load']:.0%} |")
     out.append("")
     if switch is not None:
         out += [f"## Where the weights live: batch 1, CSR {switch['sparsity']:.0%} vs dense", "",
@@ -430,11 +468,16 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="append to --out instead of overwriting")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the machine to be mostly idle (shared machines)")
+    p.add_argument("--max-load", type=float, default=None, metavar="FRACTION",
+                   help="redo a measurement (up to 4 times) if other processes used more than FRACTION of the "
+                        "machine meanwhile, e.g. 0.1")
     args = p.parse_args(argv)
     rounds1 = args.rounds or (4 if args.quick else 15)
     rounds64 = max(rounds1 // 2, 3)
     out_path = args.out or (None if args.quick else str(Path(__file__).with_name("BENCHMARKS_kernels.md")))
 
+    global MAX_LOAD
+    MAX_LOAD = args.max_load
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
     info = machine_report()
