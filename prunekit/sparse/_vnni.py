@@ -25,10 +25,12 @@ Data layout
 * Activations are quantized to int8 ``q`` and shifted to uint8 ``u = q + 128``
   (``vpdpbusd`` wants one unsigned operand); the shift is undone exactly with
   ``acc - 128 * row_sums[i]`` where ``row_sums[i] = sum_k wq[i, k]``.
-* Weights are packed in panels of 16 output rows: ``wp[p, kq, 4*j + t] =
-  wq[16*p + j, 4*kq + t]``, so one 64-byte load holds 4 consecutive k of 16
-  outputs, exactly what one ``vpdpbusd`` consumes against a broadcast of 4
-  activation bytes.
+* Weights are packed in panels of 16 output rows, grouped by 4: byte
+  ``wp[g, kq, p, 4*j + t] = wq[64*g + 16*p + j, 4*kq + t]``. One 64-byte load
+  holds 4 consecutive k of 16 outputs, exactly what one ``vpdpbusd`` consumes
+  against a broadcast of 4 activation bytes; the 4 panels of a group sit side
+  by side, so a task reads its weights as one sequential stream (what the
+  hardware prefetcher likes best, and batch 1 is all about memory).
 """
 from __future__ import annotations
 
@@ -44,13 +46,11 @@ from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit
 
-__all__ = ["available", "pack_weights", "gemm", "gemv", "PANEL"]
+__all__ = ["available", "pack_weights", "gemm", "gemv", "matmul_int32", "PANEL", "GROUP", "ROW_TILE"]
 
 PANEL = 16  # output rows per packed panel (one int32 lane each)
-ROW_TILE = 4  # activation rows per GEMM tile
-PANEL_TILE = 2  # panels per GEMM tile -> 4 x 2 = 8 accumulator registers
-GEMV_PANELS = 4  # panels per GEMV task
-PANEL_ALIGN = 4  # panels are padded to a multiple of this (covers both tiles)
+GROUP = 4  # panels per group: 64 outputs, stored side by side for each k-quad (256 contiguous bytes)
+ROW_TILE = 2  # activation rows per GEMM tile -> 2 rows x 4 panels = 8 accumulator registers
 
 
 def available() -> bool:
@@ -152,15 +152,14 @@ def vstore(typingctx, arr, idx, v):
 
 
 def pack_weights(q):
-    """(N, K) int8 -> flat packed panels, plus (n_panels, n_quads). Zero padding to whole panels/quads."""
+    """(N, K) int8 -> (flat packed weights, n_panels, n_quads); zero padding to whole groups and k-quads."""
     n, k = q.shape
-    n_panels = -(-n // PANEL)
-    n_panels = -(-n_panels // PANEL_ALIGN) * PANEL_ALIGN
+    n_groups = -(-n // (PANEL * GROUP))
     n_quads = -(-k // 4)
-    padded = np.zeros((n_panels * PANEL, n_quads * 4), dtype=np.int8)
+    padded = np.zeros((n_groups * GROUP * PANEL, n_quads * 4), dtype=np.int8)
     padded[:n, :k] = q
-    wp = padded.reshape(n_panels, PANEL, n_quads, 4).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(wp).reshape(-1), n_panels, n_quads
+    wp = padded.reshape(n_groups, GROUP, PANEL, n_quads, 4).transpose(0, 3, 1, 2, 4)
+    return np.ascontiguousarray(wp).reshape(-1), n_groups * GROUP, n_quads
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -180,97 +179,94 @@ def _dequant_lanes(acc, a0, row_sums, sxb, sw, bias, has_bias, yb, o0, n_out):
 
 @njit(parallel=True)
 def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
-    """y = dequant(xu @ wq.T) for B = y.shape[0] rows; xu is (Bp * k4,) uint8, Bp a multiple of 4.
+    """y = dequant(xu @ wq.T) for B = y.shape[0] rows; xu is (Bp * k4,) uint8, Bp a multiple of 2.
 
-    One task = 4 activation rows x 2 panels (32 outputs): 8 accumulator registers,
-    per 4 k: 2 weight loads, 4 broadcasts, 8 vpdpbusd. ``acc`` is int32 scratch (Bp * 16 * n_panels).
+    One task = 2 activation rows x 1 group of 4 panels (64 outputs): 8 accumulator
+    registers; per 4 k, 4 weight loads, 2 broadcasts, 8 vpdpbusd. Consecutive
+    tasks share a group, so its 256 KB of weights stay in L2 while the rows go by.
+    ``acc`` is int32 scratch (Bp * 16 * n_panels).
     """
     n_b, n_out = y.shape
     n_row_tiles = (n_b + ROW_TILE - 1) // ROW_TILE
-    n_panel_tiles = n_panels // PANEL_TILE
+    n_groups = n_panels // GROUP
     ld = n_panels * PANEL
     has_bias = bias.shape[0] > 0
-    for t in numba.prange(n_panel_tiles * n_row_tiles):
-        pt = t // n_row_tiles
+    for t in numba.prange(n_groups * n_row_tiles):
+        g = t // n_row_tiles
         b0 = (t % n_row_tiles) * ROW_TILE
-        w0 = (PANEL_TILE * pt) * n_quads * 64
-        w1 = w0 + n_quads * 64
+        w = g * n_quads * 256
         x0 = b0 * k4
         x1 = x0 + k4
-        x2 = x1 + k4
-        x3 = x2 + k4
         a00 = vzero()
         a01 = vzero()
+        a02 = vzero()
+        a03 = vzero()
         a10 = vzero()
         a11 = vzero()
-        a20 = vzero()
-        a21 = vzero()
-        a30 = vzero()
-        a31 = vzero()
+        a12 = vzero()
+        a13 = vzero()
         for kq in range(n_quads):
-            c0 = vload(wp, w0 + 64 * kq)
-            c1 = vload(wp, w1 + 64 * kq)
+            c = w + 256 * kq
+            c0 = vload(wp, c)
+            c1 = vload(wp, c + 64)
+            c2 = vload(wp, c + 128)
+            c3 = vload(wp, c + 192)
             v = vbroadcast4(xu, x0 + 4 * kq)
             a00 = vdpbusd(a00, v, c0)
             a01 = vdpbusd(a01, v, c1)
+            a02 = vdpbusd(a02, v, c2)
+            a03 = vdpbusd(a03, v, c3)
             v = vbroadcast4(xu, x1 + 4 * kq)
             a10 = vdpbusd(a10, v, c0)
             a11 = vdpbusd(a11, v, c1)
-            v = vbroadcast4(xu, x2 + 4 * kq)
-            a20 = vdpbusd(a20, v, c0)
-            a21 = vdpbusd(a21, v, c1)
-            v = vbroadcast4(xu, x3 + 4 * kq)
-            a30 = vdpbusd(a30, v, c0)
-            a31 = vdpbusd(a31, v, c1)
-        o0 = PANEL_TILE * pt * PANEL
-        o1 = o0 + PANEL
+            a12 = vdpbusd(a12, v, c2)
+            a13 = vdpbusd(a13, v, c3)
+        o0 = g * GROUP * PANEL
         vstore(acc, b0 * ld + o0, a00)
-        vstore(acc, b0 * ld + o1, a01)
+        vstore(acc, b0 * ld + o0 + PANEL, a01)
+        vstore(acc, b0 * ld + o0 + 2 * PANEL, a02)
+        vstore(acc, b0 * ld + o0 + 3 * PANEL, a03)
         vstore(acc, (b0 + 1) * ld + o0, a10)
-        vstore(acc, (b0 + 1) * ld + o1, a11)
-        vstore(acc, (b0 + 2) * ld + o0, a20)
-        vstore(acc, (b0 + 2) * ld + o1, a21)
-        vstore(acc, (b0 + 3) * ld + o0, a30)
-        vstore(acc, (b0 + 3) * ld + o1, a31)
+        vstore(acc, (b0 + 1) * ld + o0 + PANEL, a11)
+        vstore(acc, (b0 + 1) * ld + o0 + 2 * PANEL, a12)
+        vstore(acc, (b0 + 1) * ld + o0 + 3 * PANEL, a13)
         for b in range(b0, min(b0 + ROW_TILE, n_b)):
-            _dequant_lanes(acc, b * ld + o0, row_sums, sx[b], sw, bias, has_bias, y[b], o0, n_out)
-            _dequant_lanes(acc, b * ld + o1, row_sums, sx[b], sw, bias, has_bias, y[b], o1, n_out)
+            for p in range(GROUP):
+                _dequant_lanes(acc, b * ld + o0 + p * PANEL, row_sums, sx[b], sw, bias, has_bias, y[b],
+                               o0 + p * PANEL, n_out)
 
 
 @njit(parallel=True)
 def gemv(xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     """y = dequant(wq @ x) for one activation row ``xu`` (uint8, length 4 * n_quads).
 
-    One task = 4 panels (64 outputs): per 4 k, 1 broadcast, 4 weight loads, 4 vpdpbusd.
-    At batch 1 every weight byte is used once, so this runs at memory speed.
+    One task = 1 group (64 outputs): per 4 k, 1 broadcast, 4 weight loads from
+    one sequential stream, 4 vpdpbusd. At batch 1 every weight byte is used
+    once, so this runs at memory speed.
     """
     n_out = y.shape[0]
     has_bias = bias.shape[0] > 0
-    stride = n_quads * 64
     sxb = sx[0]
-    for t in numba.prange(n_panels // GEMV_PANELS):
-        p0 = t * GEMV_PANELS
-        w0 = p0 * stride
-        w1 = w0 + stride
-        w2 = w1 + stride
-        w3 = w2 + stride
+    for g in numba.prange(n_panels // GROUP):
+        w = g * n_quads * 256
         a0 = vzero()
         a1 = vzero()
         a2 = vzero()
         a3 = vzero()
         for kq in range(n_quads):
+            c = w + 256 * kq
             v = vbroadcast4(xu, 4 * kq)
-            a0 = vdpbusd(a0, v, vload(wp, w0 + 64 * kq))
-            a1 = vdpbusd(a1, v, vload(wp, w1 + 64 * kq))
-            a2 = vdpbusd(a2, v, vload(wp, w2 + 64 * kq))
-            a3 = vdpbusd(a3, v, vload(wp, w3 + 64 * kq))
-        o0 = p0 * PANEL
+            a0 = vdpbusd(a0, v, vload(wp, c))
+            a1 = vdpbusd(a1, v, vload(wp, c + 64))
+            a2 = vdpbusd(a2, v, vload(wp, c + 128))
+            a3 = vdpbusd(a3, v, vload(wp, c + 192))
+        o0 = g * GROUP * PANEL
         vstore(acc, o0, a0)
         vstore(acc, o0 + PANEL, a1)
         vstore(acc, o0 + 2 * PANEL, a2)
         vstore(acc, o0 + 3 * PANEL, a3)
-        for j in range(GEMV_PANELS):
-            _dequant_lanes(acc, o0 + j * PANEL, row_sums, sxb, sw, bias, has_bias, y, o0 + j * PANEL, n_out)
+        for p in range(GROUP):
+            _dequant_lanes(acc, o0 + p * PANEL, row_sums, sxb, sw, bias, has_bias, y, o0 + p * PANEL, n_out)
 
 
 @njit(parallel=True)
@@ -281,9 +277,9 @@ def matmul_int32(xu, k4, n_b, wp, n_panels, n_quads, row_sums, acc):
         b = t // n_panels
         p = t % n_panels
         a = vzero()
-        w0 = p * n_quads * 64
+        w0 = ((p // GROUP) * n_quads * GROUP + p % GROUP) * 64
         for kq in range(n_quads):
-            a = vdpbusd(a, vbroadcast4(xu, b * k4 + 4 * kq), vload(wp, w0 + 64 * kq))
+            a = vdpbusd(a, vbroadcast4(xu, b * k4 + 4 * kq), vload(wp, w0 + 256 * kq))
         vstore(acc, b * ld + p * PANEL, a)
     for t in numba.prange(n_b):
         for o in range(row_sums.shape[0]):

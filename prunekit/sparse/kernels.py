@@ -520,14 +520,14 @@ def int8_linear_reference(w: Int8Weight, x, bias=None):
 
 
 @njit(parallel=True)
-def quantize_rows_kernel(x, q, scale, offset):
-    """q[b, j] = rint(x[b, j] / scale[b]) + offset, scale[b] = max_j |x[b, j]| / 127.
+def quantize_rows_rows(r0, r1, x, q, scale, offset):
+    """q[b, j] = rint(x[b, j] / scale[b]) + offset, scale[b] = max_j |x[b, j]| / 127, for r0 <= b < r1.
 
     ``offset`` is 0 for int8 output, 128 for the uint8 input of the VNNI kernel
     (columns of q beyond x's width are filled with ``offset``, i.e. zero).
     """
-    n_b, n = x.shape
-    for b in prange(n_b):
+    n = x.shape[1]
+    for b in range(r0, r1):
         row = x[b]
         amax = np.float32(0)
         for j in range(n):
@@ -547,6 +547,13 @@ def quantize_rows_kernel(x, q, scale, offset):
             qb[j] = np.int32(v) + offset
         for j in range(n, qb.shape[0]):
             qb[j] = offset
+
+
+@njit(parallel=True)
+def quantize_rows_kernel(x, q, scale, offset):
+    """All rows of :func:`quantize_rows_rows`, one row per task."""
+    for b in prange(x.shape[0]):
+        quantize_rows_rows(b, b + 1, x, q, scale, offset)
 
 
 @njit(parallel=True)
@@ -624,7 +631,7 @@ def quantize_rows(x, offset=0, width=None):
     width = x.shape[1] if width is None else width
     q = np.empty((x.shape[0], width), dtype=np.uint8 if offset else np.int8)
     scale = np.empty(x.shape[0], dtype=np.float32)
-    quantize_rows_kernel(x, q, scale, offset)
+    _run(quantize_rows_rows, quantize_rows_kernel, x.shape[0], x.size, x, q, scale, offset)
     return q, scale
 
 
@@ -678,7 +685,7 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
         xu, sx, acc = _workspace(w, ("vnni", rows), lambda: (
             np.full((rows, k4), 128, dtype=np.uint8), np.zeros(rows, np.float32),
             np.empty(rows * n_panels * _vnni.PANEL, np.int32)))
-        quantize_rows_kernel(x2, xu[:n_b], sx[:n_b], 128)
+        _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], 128)
         if n_b == 1:
             _vnni.gemv(xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
         else:
@@ -686,7 +693,7 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
     else:
         xq, sx = _workspace(w, ("portable", n_b), lambda: (
             np.empty((n_b, w.shape[1]), np.int8), np.empty(n_b, np.float32)))
-        quantize_rows_kernel(x2, xq, sx, 0)
+        _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xq, sx, 0)
         int8_gemm_kernel(xq, w.q, sx, w.scales, bias32, y32)
     if y32 is not y:
         y[...] = y32
