@@ -188,3 +188,26 @@ def test_import_compiles_nothing():
             "dt = time.perf_counter() - t; assert 'numba' not in sys.modules, 'numba imported'; print(dt)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 2.0  # generous on a loaded machine; typically ~0.15 s
+
+
+def test_fused_chain_checks_its_input_and_output():
+    """The fused kernel reads raw memory: a wrong width, dtype or out must be refused, a strided input copied."""
+    import numpy as np
+    import pytest
+    from prunekit.sparse import CSR, FusedChain
+
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((12, 20)) * (rng.random((12, 20)) < 0.3)).astype(np.float32)
+    w2 = rng.standard_normal((5, 12)).astype(np.float32)
+    b1 = rng.standard_normal(12).astype(np.float32)
+    chain = FusedChain([(CSR.from_dense(w1), b1, True), (w2, None, False)], dtype=np.float32)
+    x = rng.standard_normal((3, 40)).astype(np.float32)[:, ::2]  # strided view, 20 columns
+    expected = np.maximum(x @ w1.T + b1, 0) @ w2.T
+    np.testing.assert_allclose(chain.run(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chain.run(np.asfortranarray(x)), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="'a'"):
+        chain.run(x[:, :10])
+    with pytest.raises(TypeError, match="'a'"):
+        chain.run(x.astype(np.float64))
+    with pytest.raises(ValueError, match="'out'"):
+        chain.run(x, out=np.empty((3, 4), np.float32))

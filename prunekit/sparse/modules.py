@@ -226,9 +226,18 @@ class FusedChain:
         self._kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
 
     def run(self, a, out=None):
-        """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch)."""
-        if out is None:
-            out = np.empty((a.shape[0], self.out_features), dtype=self.dtype)
+        """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch).
+
+        The kernel trusts its arguments (it reads and writes raw memory), so they are
+        checked here: shape, dtype, and a C-contiguous copy of a strided input.
+        """
+        if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != self.in_features:
+            fail("a", f"a 2-D array of shape (batch, {self.in_features})",
+                 f"shape {getattr(a, 'shape', type(a).__name__)}")
+        if a.dtype != self.dtype:
+            fail("a", f"an array of dtype {np.dtype(self.dtype)} (the chain's dtype)", str(a.dtype), TypeError)
+        a = np.ascontiguousarray(a)
+        out = kernels._as_output(out, (a.shape[0], self.out_features), self.dtype)
         self._kernel(a, self.vals, self.cols, self.meta, self.work, out)
         return out
 
