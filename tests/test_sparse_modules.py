@@ -177,7 +177,7 @@ def test_cost_model_prefers_dense_for_dense_and_sparse_for_sparse():
     assert cm.choose({"dense": n, "csr": n // 100}, batch=1) == "csr"
     assert cm.choose({"dense": n, "csr": n // 100}, batch=64) == "csr"
     assert cm.predict("csr", 1000, 64) > cm.predict("csr", 1000, 1)
-    measured = costmodel.calibrate(size=128, repeats=3)
+    measured = costmodel.calibrate(sizes=(128, 256), repeats=3)
     assert set(measured.params) == set(costmodel.FORMATS)
     assert all(v >= 0 for p in measured.params.values() for v in p)
     assert "calibrated" in repr(measured)

@@ -368,7 +368,7 @@ def row_times_xt(start, stop, indices, data, xt, ldx, tile, out):
     """tile[out + b] = sum_k data[k] * xt[indices[k] * ldx + b] for every batch lane b < ldx.
 
     Groups of 64 lanes use four registers (one broadcast, four loads, four
-    multiply-adds per non-zero), the rest one register per 16 lanes.
+    multiply-adds per non-zero), then at most one group of 32 and one of 16.
     """
     b0 = 0
     while b0 + 4 * LANES <= ldx:
@@ -388,12 +388,22 @@ def row_times_xt(start, stop, indices, data, xt, ldx, tile, out):
         vstore(tile, out + b0 + 2 * LANES, a2)
         vstore(tile, out + b0 + 3 * LANES, a3)
         b0 += 4 * LANES
-    while b0 < ldx:
+    if b0 + 2 * LANES <= ldx:
+        a0 = vzero()
+        a1 = vzero()
+        for k in range(start, stop):
+            v = vsplat(data[k])
+            j = np.int64(indices[k]) * ldx + b0
+            a0 = vmuladd(a0, v, vload(xt, j))
+            a1 = vmuladd(a1, v, vload(xt, j + LANES))
+        vstore(tile, out + b0, a0)
+        vstore(tile, out + b0 + LANES, a1)
+        b0 += 2 * LANES
+    if b0 < ldx:
         a0 = vzero()
         for k in range(start, stop):
             a0 = vmuladd(a0, vsplat(data[k]), vload(xt, np.int64(indices[k]) * ldx + b0))
         vstore(tile, out + b0, a0)
-        b0 += LANES
 
 
 @njit(inline="always")

@@ -4,15 +4,19 @@
 fastest at the expected batch size; a layer that would be slower sparse stays
 dense. The model is deliberately simple, one line per format::
 
-    time(format, batch) = overhead + stored * (per_weight_1 + per_weight_b * (batch - 1))
+    time = overhead + stored * (per_weight_1 + per_weight_b * (batch - 1)) * threads_factor
 
 ``stored`` is the number of weights the format stores (``out * in`` for dense,
 ``nnz`` for CSR, every entry of the kept blocks for BSR). ``per_weight_1`` is
-the cost of one stored weight at batch 1 (memory-bound: bytes moved), and
-``per_weight_b`` what each extra row of the batch adds (compute-bound). The
-constants are *measured*: :func:`calibrate` times each kernel on this machine
-(about a second); :data:`DEFAULT` holds figures measured on the 2-core
-machine the benchmarks ran on, so that nothing is timed behind your back.
+the cost of one stored weight at batch 1 (memory-bound: bytes moved) and
+``per_weight_b`` what each extra row of the batch adds (compute-bound), both
+with all threads working. Small products run on one thread (no thread
+start-up; see ``kernels.PARALLEL_MIN_WORK``): they pay the small ``serial``
+overhead and twice the per-weight cost; large ones pay the ``parallel``
+overhead. The constants are *measured*: :func:`calibrate` times each kernel
+on this machine (a few seconds); :data:`DEFAULT` holds figures measured on the
+2-core machine of ``benchmarks/BENCHMARKS_kernels.md``, so that nothing is
+timed behind your back.
 """
 from __future__ import annotations
 
@@ -21,26 +25,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_int, check_option
+from .._validate import check_int, check_option, fail
 
 __all__ = ["CostModel", "DEFAULT", "calibrate", "FORMATS"]
 
 FORMATS = ("dense", "csr", "bsr", "nm")
+DENSE_SMALL = 256 * 1024  # multiply-adds below which BLAS runs on one thread (roughly, OpenBLAS GEMV)
 
 
 @dataclass
 class CostModel:
-    """Per-format ``(overhead, per_weight_1, per_weight_b)`` in seconds."""
+    """Per format ``(serial overhead, parallel overhead, per_weight_1, per_weight_b)`` in seconds."""
 
     params: dict = field(default_factory=dict)
     source: str = "defaults"
+    threads: int = 2
 
     def predict(self, fmt, stored, batch=1):
         """Predicted seconds for one ``x @ W.T`` with ``stored`` weights at batch ``batch``."""
+        from .kernels import PARALLEL_MIN_WORK
+
         check_option("fmt", fmt, FORMATS)
         check_int("batch", batch, low=1)
-        overhead, per1, perb = self.params[fmt]
-        return overhead + stored * (per1 + perb * (batch - 1))
+        o_serial, o_parallel, per1, perb = self.params[fmt]
+        small = stored * batch < (DENSE_SMALL if fmt == "dense" else PARALLEL_MIN_WORK)
+        factor = self.threads if small else 1
+        return (o_serial if small else o_parallel) + stored * (per1 + perb * (batch - 1)) * factor
 
     def choose(self, stored, batch=1, candidates=FORMATS):
         """The fastest of ``candidates``: ``stored`` maps format -> stored weights (missing = not possible)."""
@@ -54,19 +64,20 @@ class CostModel:
 
     def __repr__(self):
         rows = [f"CostModel({self.source}): time = overhead + stored * (per_weight_1 + per_weight_b * (batch - 1))"]
-        for fmt, (o, a, b) in self.params.items():
-            rows.append(f"  {fmt:5s} overhead {o * 1e6:7.1f} us   per weight {a * 1e12:7.1f} ps"
-                        f"   per weight per extra row {b * 1e12:6.2f} ps")
+        for fmt, (o_s, o_p, a, b) in self.params.items():
+            rows.append(f"  {fmt:5s} overhead {o_s * 1e6:5.1f} us serial / {o_p * 1e6:5.1f} us parallel   "
+                        f"per weight {a * 1e12:6.1f} ps   per weight per extra row {b * 1e12:5.1f} ps")
         return "\n".join(rows)
 
 
-# Measured with calibrate() on the benchmark machine (2 cores, see benchmarks/BENCHMARKS_kernels.md).
+# Measured on the benchmark machine (2 cores; benchmarks/BENCHMARKS_kernels.md, 4096 x 4096 layers,
+# 0% background load), rounded: e.g. dense batch 1 = 1.17 ms / 16.8 M weights = 70 ps per weight.
 DEFAULT = CostModel(
     params={
-        "dense": (4e-6, 70e-12, 5.5e-12),
-        "csr": (8e-6, 120e-12, 6.0e-12),
-        "bsr": (8e-6, 70e-12, 3.5e-12),
-        "nm": (8e-6, 150e-12, 9.0e-12),
+        "dense": (2e-6, 5e-6, 70e-12, 10e-12),
+        "csr": (3e-6, 30e-6, 150e-12, 37e-12),
+        "bsr": (3e-6, 20e-6, 160e-12, 27e-12),
+        "nm": (3e-6, 20e-6, 130e-12, 33e-12),
     },
     source="defaults",
 )
@@ -83,50 +94,51 @@ def _best_time(fn, repeats):
     return best
 
 
-def calibrate(size=1024, density=0.1, batch=32, repeats=15, seed=0) -> CostModel:
-    """Measure the constants on this machine with a ``size x size`` float32 layer.
+def calibrate(sizes=(1024, 2048), density=0.1, batch=64, repeats=15, seed=0) -> CostModel:
+    """Measure the constants on this machine with two float32 layers, ``sizes[0]**2`` and ``sizes[1]**2``.
 
-    Each format is timed at batch 1 and at ``batch``; the per-weight costs come
-    from those two points, the overhead from a tiny 16 x 16 layer.
+    Each format is timed at batch 1 and at ``batch`` on both layers; the
+    per-weight cost is the slope between the two sizes and the overhead the
+    intercept (so it includes starting the threads). About two seconds.
     """
     from . import kernels
     from .formats import BSR, CSR, NM
 
-    check_int("size", size, low=64)
+    if len(sizes) != 2 or sizes[0] >= sizes[1]:
+        fail("sizes", "two increasing layer sizes, e.g. (1024, 2048)", sizes)
+    for s_ in sizes:
+        check_int("sizes", s_, low=64)
+        if s_ % 16:
+            fail("sizes", "multiples of 16 (the BSR block)", sizes)
     check_int("batch", batch, low=2)
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal((size, size)).astype(np.float32)
-    blocks = rng.random((size // 16, size // 16)) < density
-    w_csr = w * (rng.random(w.shape) < density)
-    w_bsr = w * np.kron(blocks, np.ones((16, 16), dtype=bool))
-    w_nm = w.copy()
-    w_nm.reshape(size, size // 4, 4)[:, :, 2:] = 0
-    tiny = rng.standard_normal((16, 16)).astype(np.float32)
 
-    def dense_fn(wd):
-        return lambda x: x @ wd.T
+    def layer_ops(size):
+        w = rng.standard_normal((size, size)).astype(np.float32)
+        blocks = rng.random((size // 16, size // 16)) < density
+        w_nm = w.copy()
+        w_nm.reshape(size, size // 4, 4)[:, :, 2:] = 0
+        ops = {"dense": (lambda x: x @ w.T, size * size)}
+        for fmt, obj in (("csr", CSR.from_dense(w * (rng.random(w.shape) < density))),
+                         ("bsr", BSR.from_dense(w * np.kron(blocks, np.ones((16, 16), dtype=bool)), 16)),
+                         ("nm", NM.from_dense(w_nm, 2, 4))):
+            ops[fmt] = ((lambda o: (lambda x: kernels.linear(o, x)))(obj), obj.nnz)
+        return ops
 
-    formats = {
-        "dense": (dense_fn(w), size * size, dense_fn(tiny)),
-        "csr": (CSR.from_dense(w_csr), None, CSR.from_dense(tiny)),
-        "bsr": (BSR.from_dense(w_bsr, 16), None, BSR.from_dense(tiny, 16)),
-        "nm": (NM.from_dense(w_nm, 2, 4), None, NM.from_dense(tiny * (np.arange(16) % 4 < 2), 2, 4)),
-    }
-    params = {}
-    for fmt, (op, stored, small) in formats.items():
-        if fmt != "dense":
-            stored = op.nnz
-            run = (lambda o: (lambda x: kernels.linear(o, x)))(op)
-            run_small = (lambda o: (lambda x: kernels.linear(o, x)))(small)
-        else:
-            run, run_small = op, small
+    points = {}
+    for size in sizes:
         x1 = rng.standard_normal((1, size)).astype(np.float32)
         xb = rng.standard_normal((batch, size)).astype(np.float32)
-        x1_small = rng.standard_normal((1, 16)).astype(np.float32)
-        overhead = _best_time(lambda: run_small(x1_small), repeats * 4)
-        t1 = _best_time(lambda: run(x1), repeats)
-        tb = _best_time(lambda: run(xb), repeats)
-        per1 = max(t1 - overhead, 0.0) / stored
-        perb = max(tb - t1, 0.0) / stored / (batch - 1)
-        params[fmt] = (overhead, per1, perb)
-    return CostModel(params=params, source=f"calibrated: {size}x{size}, density {density}, batch {batch}")
+        for fmt, (run, stored) in layer_ops(size).items():
+            points.setdefault(fmt, []).append(
+                (stored, _best_time(lambda: run(x1), repeats), _best_time(lambda: run(xb), repeats)))
+    tiny = layer_ops(16)
+    x_tiny = rng.standard_normal((1, 16)).astype(np.float32)
+    params = {}
+    for fmt, ((n1, a1, b1), (n2, a2, b2)) in points.items():
+        per1 = max((a2 - a1) / (n2 - n1), 0.0)
+        o_parallel = max(a1 - per1 * n1, 0.0)
+        per_b = max((b2 - b1) / (n2 - n1) - per1, 0.0) / (batch - 1)
+        o_serial = _best_time(lambda: tiny[fmt][0](x_tiny), repeats * 4)
+        params[fmt] = (o_serial, o_parallel, per1, per_b)
+    return CostModel(params=params, source=f"calibrated: {sizes[0]}^2 and {sizes[1]}^2, density {density}, batch {batch}")
