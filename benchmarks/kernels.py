@@ -127,7 +127,8 @@ def machine_report():
     import numba
 
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                           "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+                                           "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                                           "NUMBA_NUM_THREADS")}
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -144,6 +145,7 @@ def machine_report():
         "blas": blas_info(),
         "int8 kernel": "AVX-512 VNNI (vpdpbusd)" if kernels.has_vnni() else "portable (no VNNI)",
         "env": ", ".join(f"{k}={v}" for k, v in env.items() if v is not None) or "none of OPENBLAS_*/OMP_*/NUMBA_* set",
+        "note": "OMP_WAIT_POLICY=PASSIVE comes from prunekit._jit (set on the first kernel compile) unless set by you",
     }
 
 
@@ -480,6 +482,7 @@ def main(argv=None):
     MAX_LOAD = args.max_load
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
+    pk.sparse.warmup()  # compiles (and lets prunekit._jit set its OpenMP policy) before we look at the environment
     info = machine_report()
     for k, v in info.items():
         print(f"{k:12s} {v}")
@@ -487,7 +490,6 @@ def main(argv=None):
         print("scipy is not installed: the scipy.sparse column is skipped (pip install scipy).")
     t0, busy0 = time.perf_counter(), cpu_busy()
     own0 = sum(os.times()[:2])
-    pk.sparse.warmup()
     layers = bench_layers(rounds1, rounds64)
     int8 = bench_int8(rounds1, rounds64)
     lenet = bench_lenet(rounds1)
@@ -503,7 +505,7 @@ def main(argv=None):
     if out_path:
         command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
         env_prefix = " ".join(f"{k}={v}" for k, v in os.environ.items()
-                              if k.startswith(("OPENBLAS_", "OMP_", "NUMBA_NUM")))
+                              if k.startswith(("OPENBLAS_", "OMP_", "GOMP_", "NUMBA_NUM")))
         text = markdown(info, layers, int8, lenet, (env_prefix + " " + command).strip(), load, switch)
         mode = "a" if args.append else "w"
         with open(out_path, mode) as f:
