@@ -34,6 +34,9 @@ def _quiet_idle_threads():
     libgomp reads this once, when numba first loads it for a parallel kernel.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # ...but only after a short spin (microseconds), so back-to-back kernels find them awake:
+    # measured, batch-1 CSR at 95% went from 5.6x to 11x dense NumPy (benchmarks/BENCHMARKS_kernels.md).
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 
 class LazyKernel:

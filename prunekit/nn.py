@@ -55,8 +55,12 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first.")
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
+        # Replacing a child keeps its place (a Sequential must not reorder); a name that
+        # changes kind (say a Module becoming None) leaves its old registry.
+        if not isinstance(value, Parameter):
+            self._parameters.pop(name, None)
+        if not isinstance(value, Module):
+            self._modules.pop(name, None)
         if isinstance(value, Parameter):
             self._buffers.pop(name, None)
             self._parameters[name] = value

@@ -405,3 +405,13 @@ def test_load_state_refuses_pickled_objects(tmp_path):
     np.savez(path, **state)
     with pytest.raises(ValueError):
         nn.load_state(tiny_mlp(), path)
+
+
+def test_replacing_a_child_keeps_its_place():
+    """setattr on an existing child (how layers get swapped, e.g. by to_sparse) must not reorder a Sequential."""
+    seq = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    new = nn.Linear(4, 3)
+    setattr(seq, "0", new)
+    assert [name for name, _ in seq.named_children()] == ["0", "1", "2"]
+    assert seq[0] is new
+    assert seq(np.ones((1, 4), np.float32)).shape == (1, 2)
