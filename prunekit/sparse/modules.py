@@ -57,7 +57,18 @@ def _array_in(x, name="x"):
     fail(name, "a Tensor or a numpy.ndarray", type(x).__name__, TypeError)
 
 
-class SparseLinear(nn.Module):
+class _RunsOnArrays:
+    """Inference modules: ``run`` works on ndarrays; calling the module wraps it for Tensors."""
+
+    def __call__(self, x):
+        a, _ = _array_in(x)
+        return Tensor(self.run(a))
+
+    def forward(self, x):
+        return self(x)
+
+
+class SparseLinear(_RunsOnArrays, nn.Module):
     """``y = x @ W.T + b`` with ``W`` stored as CSR, BSR, N:M or int8; inference only.
 
     ``weight`` is a dense (pruned) array of shape ``(out, in)`` or a ready
@@ -103,19 +114,12 @@ class SparseLinear(nn.Module):
         y = kernels.linear(self.weight, a.reshape(-1, a.shape[-1]), bias=self.bias)
         return y.reshape(lead + (self.out_features,))
 
-    def __call__(self, x):
-        a, _ = _array_in(x)
-        return Tensor(self.run(a))
-
-    def forward(self, x):
-        return self(x)
-
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight={self.weight!r}")
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(_RunsOnArrays, nn.Module):
     """Conv2d on the sparse kernels: ``im2col`` then ``cols @ W.reshape(O, -1).T``; inference only."""
 
     def __init__(self, weight, bias=None, stride=1, padding=0, format="csr", block_size=16, n=2, m=4):
@@ -147,13 +151,6 @@ class SparseConv2d(nn.Module):
         cols = F.im2col(a, self.kernel_size, self.stride, self.padding)
         y = self.linear.run(cols)
         return np.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
-
-    def __call__(self, x):
-        a, _ = _array_in(x)
-        return Tensor(self.run(a))
-
-    def forward(self, x):
-        return self(x)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -254,7 +251,7 @@ def _linear_spec(m):
 _TRANSPARENT = (nn.Identity, nn.Dropout)  # no-ops at inference (the model is in eval mode)
 
 
-class SparseSequential(nn.Sequential):
+class SparseSequential(_RunsOnArrays, nn.Sequential):
     """A Sequential that runs each run of Linear/ReLU children as one fused call at small batch.
 
     The children (and their names "0", "1", ...) are exactly those of the
@@ -322,13 +319,6 @@ class SparseSequential(nn.Sequential):
                 a = m(Tensor(a)).data
             i += 1
         return a
-
-    def __call__(self, x):
-        a, _ = _array_in(x)
-        return Tensor(self.run(a))
-
-    def forward(self, x):
-        return self(x)
 
     def extra_repr(self):
         return f"fused runs: {sorted(self._segments)}" if self._segments else ""
