@@ -219,7 +219,11 @@ class StepLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (Loshchilov & Hutter 2017)."""
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (Loshchilov & Hutter 2017).
+
+    After ``T_max`` epochs the rate stays at ``eta_min`` (one half-cosine, no restarts;
+    PyTorch's version would climb back up).
+    """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         super().__init__(optimizer)

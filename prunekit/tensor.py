@@ -160,7 +160,8 @@ class Tensor:
         if not self.requires_grad:
             return
         if self.grad is not None:
-            self.grad = self.grad + g
+            total = self.grad + g
+            self.grad = total if self._parents else total.astype(self.dtype, copy=False)
         elif self._parents or (owned and g.dtype == self.dtype):
             self.grad = g
         else:

@@ -608,3 +608,11 @@ def test_leaf_gradients_are_writable_arrays_of_their_own():
     assert a.grad is not b.grad
     a.grad *= 0.0
     np.testing.assert_array_equal(b.grad, np.ones(3))
+
+
+def test_leaf_grad_keeps_its_dtype_when_contributions_mix_dtypes():
+    """A float32 parameter's gradient stays float32 even if a float64 path also feeds it."""
+    w = Tensor(np.ones(3, np.float32), requires_grad=True)
+    (w * 2.0 + w * Tensor(np.full(3, 3.0))).sum().backward()  # second term computes in float64
+    assert w.grad.dtype == np.float32
+    np.testing.assert_allclose(w.grad, [5.0, 5.0, 5.0])
