@@ -298,6 +298,9 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
     if training:
+        if x.size // x.shape[1] < 2:
+            fail("x", "more than one value per channel in training mode (batch statistics of a single "
+                 "value are meaningless; call model.eval() to use the running statistics)", f"shape {x.shape}")
         mean = x.mean(axis=axes, keepdims=True)
         centred = x - mean
         var = (centred * centred).mean(axis=axes, keepdims=True)

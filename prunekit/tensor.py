@@ -425,7 +425,11 @@ class Tensor:
             if self.size != 1:
                 raise ValueError(f"backward(): 'grad' must be given for a non-scalar tensor of shape {self.shape}.")
             grad = np.ones_like(self.data)
-        grad = np.broadcast_to(_as_array(grad).astype(self.dtype, copy=False), self.shape)
+        grad = _as_array(grad)
+        if grad.shape != self.shape and grad.size != 1:
+            raise ValueError(f"backward(): 'grad' must have the tensor's shape {self.shape} (or be a scalar). "
+                             f"Got shape {grad.shape} instead.")
+        grad = np.broadcast_to(grad.astype(self.dtype, copy=False), self.shape)
 
         # Topological order by iterative depth-first search (deep graphs cannot hit the recursion limit).
         # A node is appended only after everything it depends on, however many paths lead to it.

@@ -647,3 +647,11 @@ def test_no_grad_conv_and_pool_build_no_graph():
         y = F.max_pool2d(F.conv2d(x, w, padding=1), 2)
         z = F.cross_entropy(F.linear(F.flatten(y), leaf((3, 8), 43)), np.array([1]))
     assert not y.requires_grad and not z.requires_grad and z._parents == ()
+
+
+def test_batch_norm_refuses_a_single_value_per_channel_in_training():
+    bn = nn.BatchNorm1d(3)
+    with pytest.raises(ValueError, match="'x'"):
+        bn(Tensor(np.ones((1, 3), np.float32)))
+    bn.eval()
+    assert bn(Tensor(np.ones((1, 3), np.float32))).shape == (1, 3)

@@ -616,3 +616,12 @@ def test_leaf_grad_keeps_its_dtype_when_contributions_mix_dtypes():
     (w * 2.0 + w * Tensor(np.full(3, 3.0))).sum().backward()  # second term computes in float64
     assert w.grad.dtype == np.float32
     np.testing.assert_allclose(w.grad, [5.0, 5.0, 5.0])
+
+
+def test_backward_refuses_a_gradient_of_the_wrong_shape():
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    y = x * 2
+    with pytest.raises(ValueError, match="'grad'"):
+        y.backward(np.ones((3, 2)))
+    y.backward(np.ones((2, 3)))
+    np.testing.assert_allclose(x.grad, np.full((2, 3), 2.0))
