@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import prunekit._conv_kernels as K
 import prunekit.functional as F
+from gradhelpers import check_grads
 from prunekit import nn
 from prunekit.tensor import Tensor, gradcheck, no_grad
 
@@ -46,15 +47,6 @@ def distinct(shape, seed=0):
     data = np.random.default_rng(seed).permutation(n).reshape(shape) * 0.01
     return Tensor(data.astype(np.float64), requires_grad=True)
 
-
-def check_grads(f, *inputs):
-    assert gradcheck(f, inputs)
-    for t in inputs:
-        t.grad = None
-    out = f(*inputs)
-    out.backward(np.ones(out.shape))
-    for t in inputs:
-        assert t.grad is not None and t.grad.shape == t.shape
 
 
 # ------------------------------------------------------- naive references

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prunekit.tensor as tensor_module
+from gradhelpers import check_grads
 from prunekit.tensor import Tensor, enable_grad, gradcheck, is_grad_enabled, no_grad
 
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,17 +39,6 @@ def distinct(shape, seed=0):
     data = rng.permutation(n).astype(np.float64).reshape(shape) * 0.1 - 0.05 * n
     return Tensor(data, requires_grad=True)
 
-
-def check_grads(f, *inputs):
-    """gradcheck plus: every leaf's grad has the leaf's shape (allclose would broadcast)."""
-    assert gradcheck(f, inputs)
-    for t in inputs:
-        t.grad = None
-    out = f(*inputs)
-    out.backward(np.ones(out.shape))
-    for t in inputs:
-        assert t.grad is not None
-        assert t.grad.shape == t.shape, (t.grad.shape, t.shape)
 
 
 seeds = st.integers(0, 2**31 - 1)
