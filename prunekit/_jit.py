@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["njit", "warmup_all"]
+__all__ = ["njit"]
 
-_REGISTRY: list["LazyKernel"] = []
 _LOCK = threading.RLock()
 
 
@@ -52,7 +51,6 @@ class LazyKernel:
         self.__doc__ = py_func.__doc__
         self.__module__ = py_func.__module__
         self.__wrapped__ = py_func
-        _REGISTRY.append(self)
 
     def compiled(self):
         """Return the numba dispatcher, compiling on first use."""
@@ -106,19 +104,3 @@ def njit(func=None, **options):
     if func is not None and callable(func):
         return LazyKernel(func, options)
     return lambda f: LazyKernel(f, options)
-
-
-def warmup_all(module_prefix: str = "prunekit") -> int:
-    """Compile every registered kernel whose module starts with ``module_prefix``.
-
-    Returns the number of kernels compiled. Kernels are compiled for the argument
-    types they are first called with, so this only imports numba and resolves
-    callees; typed compilation still happens on the first real call (and is then
-    cached on disk).
-    """
-    n = 0
-    for k in list(_REGISTRY):
-        if k.__module__.startswith(module_prefix):
-            k.compiled()
-            n += 1
-    return n
