@@ -5,6 +5,10 @@ A kernel is written as an ordinary Python function and decorated with
 compiles the function (with ``cache=True`` so later processes load it from
 disk) and from then on calls the compiled version.
 
+The first parallel kernel also makes NumPy's OpenBLAS run its parallel jobs on
+numba's thread pool (:mod:`prunekit._threads`), so the two never fight over the
+cores.
+
 Two conveniences make kernels readable as plain Python:
 
 * a module may define ``prange = range``; when a kernel with ``parallel=True``
@@ -68,6 +72,10 @@ class LazyKernel:
                         if isinstance(callee, LazyKernel):
                             g[name] = callee.compiled()
                     self._dispatcher = numba.njit(**self.options)(self.py_func)
+                    if self.options.get("parallel"):
+                        from . import _threads
+
+                        _threads.install()  # once: NumPy's BLAS then runs on numba's threads too
         return self._dispatcher
 
     @property
