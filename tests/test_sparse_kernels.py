@@ -213,6 +213,22 @@ def test_int8_vnni_and_portable_give_identical_outputs():
         np.testing.assert_array_equal(kernels.int8_linear(q, x, vnni=True), kernels.int8_linear(q, x, vnni=False))
 
 
+@pytest.mark.parametrize("vnni", vnni_modes)
+def test_int8_batch1_reuses_its_buffers_without_leaking_state(vnni):
+    """The batch-1 path keeps scratch buffers on the weight: later calls must not see earlier inputs."""
+    rng = np.random.default_rng(5)
+    q = Int8Weight.from_dense(rng.standard_normal((70, 130)).astype(np.float32))
+    b = rng.standard_normal(70).astype(np.float32)
+    out = np.empty(70, np.float32)
+    for scale in (1.0, 1e-3, 0.0, 50.0):  # 0.0: an all-zero input (scale 0) must give exactly the bias
+        x = (scale * rng.standard_normal(130)).astype(np.float32)
+        y = kernels.int8_linear(q, x, bias=b, out=out, vnni=vnni)
+        assert y is out
+        np.testing.assert_allclose(y, kernels.int8_linear_reference(q, x, b), rtol=1e-5, atol=1e-5)
+        if scale == 0.0:
+            np.testing.assert_array_equal(y, b)
+
+
 # ----------------------------------------------------------------------------- fused chain
 
 

@@ -45,6 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit
+from .kernels import quantize_rows_rows
 
 __all__ = ["available", "pack_weights", "gemm", "gemv", "matmul_int32", "PANEL", "GROUP", "ROW_TILE"]
 
@@ -237,13 +238,17 @@ def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
 
 
 @njit(parallel=True)
-def gemv(xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
-    """y = dequant(wq @ x) for one activation row ``xu`` (uint8, length 4 * n_quads).
+def gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
+    """y = dequant(wq @ quant(x)) for one float32 activation row ``x``, in one call.
 
-    One task = 1 group (64 outputs): per 4 k, 1 broadcast, 4 weight loads from
-    one sequential stream, 4 vpdpbusd. At batch 1 every weight byte is used
-    once, so this runs at memory speed.
+    First (one thread, about a microsecond) ``x`` is quantized into the uint8
+    scratch ``xu`` (length 4 * n_quads) and its scale ``sx[0]``; then one task =
+    1 group (64 outputs): per 4 k, 1 broadcast, 4 weight loads from one
+    sequential stream, 4 vpdpbusd. At batch 1 every weight byte is used once, so
+    this runs at memory speed, and a separate quantization call would cost more
+    than the quantization itself.
     """
+    quantize_rows_rows(0, 1, x.reshape(1, x.shape[0]), xu.reshape(1, xu.shape[0]), sx, 128)
     n_out = y.shape[0]
     has_bias = bias.shape[0] > 0
     sxb = sx[0]

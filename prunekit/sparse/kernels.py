@@ -664,13 +664,16 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
     """
     x = _as_input(x, w, ndim=(1, 2))
     squeeze = x.ndim == 1
+    if squeeze and w.dtype == np.float32 and _use_vnni(vnni):
+        return _int8_gemv_vnni(w, x, _bias(bias, w), _as_output(out, (w.shape[0],), w.dtype))
     x2 = x.reshape(1, -1) if squeeze else x
     n_b = x2.shape[0]
     b = _bias(bias, w)
     if out is None:
         y = np.empty((n_b, w.shape[0]), dtype=w.dtype)
     else:
-        y = _as_output(out, (w.shape[0],) if squeeze else (n_b, w.shape[0]), w.dtype).reshape(n_b, w.shape[0])
+        out = _as_output(out, (w.shape[0],) if squeeze else (n_b, w.shape[0]), w.dtype)
+        y = out.reshape(n_b, w.shape[0])
     if w.dtype != np.float32:
         y32 = np.empty((n_b, w.shape[0]), dtype=np.float32)
     else:
@@ -685,10 +688,10 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
         xu, sx, acc = _workspace(w, ("vnni", rows), lambda: (
             np.full((rows, k4), 128, dtype=np.uint8), np.zeros(rows, np.float32),
             np.empty(rows * n_panels * _vnni.PANEL, np.int32)))
-        _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], 128)
         if n_b == 1:
-            _vnni.gemv(xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
+            _vnni.gemv(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
         else:
+            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], 128)
             _vnni.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
     else:
         xq, sx = _workspace(w, ("portable", n_b), lambda: (
@@ -697,7 +700,23 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
         int8_gemm_kernel(xq, w.q, sx, w.scales, bias32, y32)
     if y32 is not y:
         y[...] = y32
+    if out is not None:
+        return out
     return y[0] if squeeze else y
+
+
+def _int8_gemv_vnni(w: Int8Weight, x, bias32, y):
+    """Batch 1, float32, VNNI: one kernel call (quantize, multiply, dequantize) on cached buffers."""
+    work = w.__dict__.get("_gemv")
+    if work is None:
+        from . import _vnni
+
+        wp, n_panels, n_quads = _int8_packed(w)
+        work = w._gemv = (_vnni.gemv, wp, n_panels, n_quads, np.full(4 * n_quads, 128, dtype=np.uint8),
+                          np.zeros(1, np.float32), np.empty(n_panels * _vnni.PANEL, np.int32))
+    gemv, wp, n_panels, n_quads, xu, sx, acc = work
+    gemv(x, xu, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y)
+    return y
 
 
 # =========================================================================== fused Linear/ReLU chain
