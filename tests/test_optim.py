@@ -342,19 +342,21 @@ def test_state_dict_is_a_copy():
 
 @pytest.mark.parametrize("nesterov, wd", [(False, 0.0), (True, 0.0), (False, 1e-2), (True, 1e-3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype):
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype, variant):
     """The numba fast path (contiguous arrays, after the first step) against the NumPy lines it replaces."""
     from prunekit.optim import _sgd_momentum_kernel
 
+    kernel = _sgd_momentum_kernel if variant == "parallel" else _sgd_momentum_kernel.serial
     rng = np.random.default_rng(5)
-    w, g, buf = (rng.standard_normal(50).astype(dtype) for _ in range(3))
+    w, g, buf = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
     lr, mu = 0.05, 0.9
     # reference: the NumPy form of SGD._update
     gr = g + wd * w
     br = mu * buf + gr
     wr = w - lr * (gr + mu * br if nesterov else br)
     t = np.dtype(dtype).type
-    _sgd_momentum_kernel(w, g, buf, t(lr), t(mu), t(wd), nesterov)
+    kernel(w, g, buf, t(lr), t(mu), t(wd), nesterov)
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(buf, br, rtol=tol, atol=tol)
     np.testing.assert_allclose(w, wr, rtol=tol, atol=tol)
