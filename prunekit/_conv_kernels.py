@@ -166,3 +166,156 @@ def max_pool_backward_kernel(g, arg, kh, kw, sh, sw, dx):
             for j in range(ow):
                 k = arg[n, c, i, j]
                 dx[n, c, i * sh + k // kw, j * sw + k % kw] += g[n, c, i, j]
+
+
+# ------------------------------------------------- direct convolution
+# For layers with few input channels (the first layer of an image model: 1 or 3
+# channels) im2col is a bad deal: the patch matrix is kh*kw = 25 times bigger
+# than the input, and the products that follow have an inner dimension of only
+# C*kh*kw = 25 (forward) or a huge one with a tiny output (weight gradient), which
+# BLAS runs far below its peak. These kernels loop over the input directly: for
+# each output row, kh*kw*C multiply-adds of a whole row at a time (the inner loop
+# over the row vectorises), all in L1 cache.
+
+def conv_direct_reference(x, w, bias, sh, sw, ph, pw):
+    """NumPy direct convolution: one broadcast multiply-add per kernel offset (C*kh*kw of them)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(wd, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros((n, o, oh, ow), dtype=np.result_type(x, w))
+    for a in range(kh):
+        for b in range(kw):
+            win = xp[:, :, a:a + sh * oh:sh, b:b + sw * ow:sw]          # (N, C, OH, OW)
+            y += np.einsum("nchw,oc->nohw", win, w[:, :, a, b])
+    if bias is not None and bias.shape[0]:
+        y += bias[None, :, None, None]
+    return y
+
+
+def _direct_geometry(h, w, kh, kw, ph, pw):
+    """(OH, OW, WP, rows): each sample is copied into ``rows`` x ``WP`` zero-padded rows.
+
+    With stride 1, output pixel (i, j) reads input rows i..i+kh-1 and columns
+    j..j+kw-1 of the padded sample, so with the padded sample stored flat (row
+    length WP = W + 2 pw), all outputs for one kernel offset (a, b) are ONE
+    contiguous multiply-add: ``acc[t] += w[a, b] * xp[a * WP + b + t]`` for
+    t < OH * WP. The WP - OW columns of each accumulator row past OW are junk that
+    is never copied out; one extra zero row keeps their reads in bounds.
+    """
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    return oh, ow, w + 2 * pw, h + 2 * ph + 1
+
+
+@njit(inline="always")
+def _padded_flat(x, n, ph, pw, wp, rows):
+    """Sample ``n`` of ``x`` as (C, rows * wp) zero-padded flat channels."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    xp = np.zeros((c_, rows * wp), dtype=x.dtype)
+    for c in range(c_):
+        for i in range(h_):
+            for j in range(w_):
+                xp[c, (i + ph) * wp + j + pw] = x[n, c, i, j]
+    return xp
+
+
+@njit(parallel=True)
+def conv_direct_kernel(x, w, bias, ph, pw, y):
+    """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, KH, KW), stride 1) + bias; one sample per task."""
+    o_, c_, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
+    wp = x.shape[3] + 2 * pw
+    rows = x.shape[2] + 2 * ph + 1
+    length = oh * wp
+    has_bias = bias.shape[0] > 0
+    for n in prange(x.shape[0]):
+        xp = _padded_flat(x, n, ph, pw, wp, rows)
+        acc = np.empty(length, dtype=y.dtype)
+        for o in range(o_):
+            acc[:] = bias[o] if has_bias else 0
+            for c in range(c_):
+                src = xp[c]
+                for a in range(kh):
+                    for b in range(kw):
+                        wv = w[o, c, a, b]
+                        shifted = src[a * wp + b:]  # a view, so the loop index is a plain t >= 0
+                        for t in range(length):
+                            acc[t] += wv * shifted[t]
+            for i in range(oh):
+                for j in range(ow):
+                    y[n, o, i, j] = acc[i * wp + j]
+
+
+@njit(inline="always")
+def _padded_grad(g, n, o, wp, out):
+    """g[n, o] (OH, OW) into the flat (OH * wp) row layout of the direct kernels, zeros past OW."""
+    oh, ow = g.shape[2], g.shape[3]
+    for i in range(oh):
+        for j in range(ow):
+            out[i * wp + j] = g[n, o, i, j]
+
+
+@njit(parallel=True, fastmath={"reassoc", "contract"})
+def conv_direct_grad_w_kernel(x, g, ph, pw, part_w, part_b):
+    """Per-task partial weight and bias gradients: ``part_w`` (T, O, C, KH, KW), ``part_b`` (T, O).
+
+    Both are overwritten; task t takes samples t, t + T, ...; the caller sums over T.
+    dW[o, c, a, b] is a dot product of the (padded) output gradient with the input
+    shifted by (a, b). ``reassoc`` lets these dot products use vector lanes: the sum is
+    then accumulated in a different (pairwise-like) order, as BLAS does anyway.
+    """
+    n_tasks = part_w.shape[0]
+    o_, c_, kh, kw = part_w.shape[1], part_w.shape[2], part_w.shape[3], part_w.shape[4]
+    oh = g.shape[2]
+    wp = x.shape[3] + 2 * pw
+    rows = x.shape[2] + 2 * ph + 1
+    length = oh * wp
+    for t in prange(n_tasks):
+        part_w[t] = 0
+        part_b[t] = 0
+        gp = np.zeros(length, dtype=part_w.dtype)  # columns past OW stay zero: junk outputs get no gradient
+        for n in range(t, x.shape[0], n_tasks):
+            xp = _padded_flat(x, n, ph, pw, wp, rows)
+            for o in range(o_):
+                _padded_grad(g, n, o, wp, gp)
+                s = part_w.dtype.type(0)
+                for k in range(length):
+                    s += gp[k]
+                part_b[t, o] += s
+                for c in range(c_):
+                    src = xp[c]
+                    for a in range(kh):
+                        for b in range(kw):
+                            shifted = src[a * wp + b:]
+                            s = part_w.dtype.type(0)
+                            for k in range(length):
+                                s += gp[k] * shifted[k]
+                            part_w[t, o, c, a, b] += s
+
+
+@njit(parallel=True)
+def conv_direct_grad_x_kernel(g, w, ph, pw, dx):
+    """dx (N, C, H, W), overwritten: the adjoint of :func:`conv_direct_kernel` (same loops, roles swapped)."""
+    o_, c_, kh, kw = w.shape
+    h_, w_ = dx.shape[2], dx.shape[3]
+    oh = g.shape[2]
+    wp = w_ + 2 * pw
+    rows = h_ + 2 * ph + 1
+    length = oh * wp
+    for n in prange(g.shape[0]):
+        dxp = np.zeros((c_, rows * wp), dtype=dx.dtype)
+        gp = np.zeros(length, dtype=dx.dtype)
+        for o in range(o_):
+            _padded_grad(g, n, o, wp, gp)
+            for c in range(c_):
+                dst = dxp[c]
+                for a in range(kh):
+                    for b in range(kw):
+                        wv = w[o, c, a, b]
+                        shifted = dst[a * wp + b:]
+                        for t in range(length):
+                            shifted[t] += wv * gp[t]
+        for c in range(c_):
+            for i in range(h_):
+                for j in range(w_):
+                    dx[n, c, i, j] = dxp[c, (i + ph) * wp + j + pw]

@@ -201,6 +201,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     Computed as im2col followed by one matrix product, ``W (O, C*kh*kw) @ cols``;
     backward is the transposed product followed by col2im (the adjoint of im2col).
+    Layers with few input channels and stride 1 (the first layer of an image
+    model) loop over the input directly instead (see :func:`_direct_conv2d`).
     """
     x = _t(x)
     if x.ndim != 4:
@@ -214,6 +216,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     oh, ow = K.out_size(h, kh, sh, ph), K.out_size(w, kw, sw, pw)
     if oh < 1 or ow < 1:
         fail("x", f"an input of at least the kernel size {(kh, kw)} after padding", f"shape {x.shape}")
+    if (sh, sw) == (1, 1) and c <= DIRECT_CONV_MAX_CHANNELS and kh * kw > 1:
+        return _direct_conv2d(x, weight, bias, ph, pw, oh, ow)
     cols = _im2col(x.data, kh, kw, sh, sw, ph, pw, oh, ow)
     wmat = weight.data.reshape(o, -1)
     y = wmat @ cols                                   # (O, N*OH*OW)
@@ -230,6 +234,48 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
                 K.pick(K.col2im_kernel, dx.size)(wmat.T @ g, kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                x._accumulate(dx)
+        out._backward = _backward
+    return out
+
+
+DIRECT_CONV_MAX_CHANNELS = 4
+"""Stride-1 convolutions with at most this many input channels skip im2col.
+
+With C = 1 and a 5x5 kernel, im2col copies every input pixel 25 times into a
+patch matrix 25x the size of the batch, then hands BLAS products of inner size
+25 (forward) or of a tiny (O, 25) output (weight gradient), which it runs far
+below peak. Looping over the input directly does the same multiply-adds from L1
+cache: measured for LeNet-5's first layer at batch 128, forward 1.8 -> 0.6 ms and
+weight gradient 1.8 -> 0.5 ms. With many channels im2col + BLAS wins again."""
+
+
+def _direct_conv2d(x, weight, bias, ph, pw, oh, ow):
+    """Stride-1 convolution by direct loops (``_conv_kernels.conv_direct_*``); same results as im2col."""
+    dtype = np.result_type(x.data, weight.data)
+    xd = np.ascontiguousarray(x.data, dtype=dtype)
+    wd = np.ascontiguousarray(weight.data, dtype=dtype)
+    bd = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias.data, dtype=dtype)
+    y = np.empty((x.shape[0], weight.shape[0], oh, ow), dtype=dtype)
+    K.pick(K.conv_direct_kernel, y.size)(xd, wd, bd, ph, pw, y)
+    out = _node(y, (x, weight, bias), "conv2d")
+    if out.requires_grad:
+        def _backward():
+            g = np.ascontiguousarray(out.grad, dtype=dtype)
+            if weight.requires_grad or (bias is not None and bias.requires_grad):
+                parallel = y.size >= K.PARALLEL_MIN_WORK
+                tasks = min(x.shape[0], 4) if parallel else 1
+                part_w = np.empty((tasks,) + wd.shape, dtype=dtype)
+                part_b = np.empty((tasks, wd.shape[0]), dtype=dtype)
+                kernel = K.conv_direct_grad_w_kernel if parallel else K.conv_direct_grad_w_kernel.serial
+                kernel(xd, g, ph, pw, part_w, part_b)
+                if weight.requires_grad:
+                    weight._accumulate(part_w.sum(axis=0), owned=True)
+                if bias is not None and bias.requires_grad:
+                    bias._accumulate(part_b.sum(axis=0), owned=True)
+            if x.requires_grad:
+                dx = np.empty(x.shape, dtype=dtype)
+                K.pick(K.conv_direct_grad_x_kernel, dx.size)(g, wd, ph, pw, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out

@@ -315,8 +315,15 @@ def _pairs(v):
     return (v, v) if isinstance(v, int) else v
 
 
+@pytest.fixture(params=["im2col", "direct"])
+def conv_path(request, monkeypatch):
+    """Run a conv test through im2col + BLAS, and through the direct kernels where they apply (stride 1)."""
+    monkeypatch.setattr(F, "DIRECT_CONV_MAX_CHANNELS", 0 if request.param == "im2col" else 1_000)
+    return request.param
+
+
 @pytest.mark.parametrize("xs, ws, stride, padding", CONV_CASES)
-def test_conv2d_against_loops_and_finite_differences(xs, ws, stride, padding, serial_numba):
+def test_conv2d_against_loops_and_finite_differences(xs, ws, stride, padding, serial_numba, conv_path):
     x, w, b = leaf(xs, 14), leaf(ws, 15), leaf((ws[0],), 16)
     out = F.conv2d(x, w, b, stride=stride, padding=padding)
     np.testing.assert_allclose(out.data, naive_conv2d(x.data, w.data, b.data, _pairs(stride), _pairs(padding)),
@@ -324,7 +331,7 @@ def test_conv2d_against_loops_and_finite_differences(xs, ws, stride, padding, se
     check_grads(lambda x, w, b: F.conv2d(x, w, b, stride, padding), x, w, b)
 
 
-def test_conv2d_without_bias_and_float32(serial_numba):
+def test_conv2d_without_bias_and_float32(serial_numba, conv_path):
     x = np.random.default_rng(17).standard_normal((2, 3, 6, 6)).astype(np.float32)
     w = np.random.default_rng(18).standard_normal((4, 3, 3, 3)).astype(np.float32)
     out = F.conv2d(Tensor(x), Tensor(w, requires_grad=True), None, stride=1, padding=1)
@@ -334,7 +341,7 @@ def test_conv2d_without_bias_and_float32(serial_numba):
     check_grads(lambda x, w: F.conv2d(x, w, stride=2), xl, wl)
 
 
-def test_conv2d_weight_gradient_matches_im2col_formula():
+def test_conv2d_weight_gradient_matches_im2col_formula(conv_path):
     x, w = leaf((2, 2, 5, 5), 21), leaf((3, 2, 3, 3), 22)
     g = np.random.default_rng(23).standard_normal((2, 3, 3, 3))
     F.conv2d(x, w).backward(g)
@@ -583,6 +590,68 @@ def test_col2im_kernel_reference_and_loops_agree_and_are_the_adjoint(geom, seed)
     lhs = np.sum(F.im2col(x, (kh, kw), (sh, sw), (ph, pw)) * c64)
     rhs = np.sum(x * naive_col2im(c64, shape, kh, kw, sh, sw, ph, pw))
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
+@st.composite
+def direct_conv_geometry(draw):
+    n, c, o = draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 40))  # rows wider and narrower than a vector
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return (n, c, h, w), (o, c, kh, kw), (ph, pw), dtype
+
+
+@PROPERTY
+@given(geom=direct_conv_geometry(), bias=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_direct_conv_kernels_match_references_and_loops(geom, bias, parallel, seed):
+    """Forward vs the NumPy reference and the loops; weight/bias gradients vs their einsum formula;
+    the input gradient is the adjoint of the forward: <conv(x), g> == <x, grad_x(g)>."""
+    xs, ws, (ph, pw), dtype = geom
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype) if bias else np.zeros(0, dtype)
+    kh, kw = ws[2:]
+    oh, ow = K.out_size(xs[2], kh, 1, ph), K.out_size(xs[3], kw, 1, pw)
+    pick = (lambda k: k) if parallel else (lambda k: k.serial)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+
+    y = np.full((xs[0], ws[0], oh, ow), np.nan, dtype=dtype)  # must be overwritten
+    pick(K.conv_direct_kernel)(x, w, b, ph, pw, y)
+    ref = K.conv_direct_reference(x, w, b if bias else None, 1, 1, ph, pw)
+    np.testing.assert_allclose(ref, naive_conv2d(x, w, b if bias else None, (1, 1), (ph, pw)), **tol)
+    np.testing.assert_allclose(y, ref, **tol)
+
+    g = rng.standard_normal(y.shape).astype(dtype)
+    tasks = min(xs[0], 3)
+    part_w = np.full((tasks,) + ws, np.nan, dtype=dtype)
+    part_b = np.full((tasks, ws[0]), np.nan, dtype=dtype)
+    pick(K.conv_direct_grad_w_kernel)(x, g, ph, pw, part_w, part_b)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dw = np.zeros(ws)
+    for a in range(kh):
+        for c in range(kw):
+            dw[:, :, a, c] = np.einsum("noij,ncij->oc", g, xp[:, :, a:a + oh, c:c + ow])
+    np.testing.assert_allclose(part_w.sum(axis=0), dw, **tol)
+    np.testing.assert_allclose(part_b.sum(axis=0), g.sum(axis=(0, 2, 3)), **tol)
+
+    dx = np.full(xs, np.nan, dtype=dtype)
+    pick(K.conv_direct_grad_x_kernel)(g, w, ph, pw, dx)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    lhs = np.sum(K.conv_direct_reference(x64, w.astype(np.float64), None, 1, 1, ph, pw) * g64)
+    assert lhs == pytest.approx(np.sum(x64 * dx), rel=1e-4 if dtype == np.float32 else 1e-10, abs=1e-4)
+
+
+def test_conv2d_takes_the_direct_path_only_where_it_applies(monkeypatch):
+    """Few channels and stride 1 -> direct kernels; otherwise im2col (so both get exercised in models)."""
+    calls = []
+    monkeypatch.setattr(F, "_direct_conv2d", lambda *a: calls.append(a) or "direct")
+    x1, x8 = Tensor(np.ones((1, 1, 6, 6))), Tensor(np.ones((1, 8, 6, 6)))
+    assert F.conv2d(x1, Tensor(np.ones((2, 1, 3, 3)))) == "direct"
+    assert F.conv2d(x1, Tensor(np.ones((2, 1, 3, 3))), stride=2) != "direct"
+    assert F.conv2d(x8, Tensor(np.ones((2, 8, 3, 3)))) != "direct"
+    assert F.conv2d(x1, Tensor(np.ones((2, 1, 1, 1)))) != "direct"  # 1x1: a plain matrix product
+    assert len(calls) == 1
 
 
 @st.composite
