@@ -106,6 +106,15 @@ class Callback:
     def on_train_end(self, state): ...
 
 
+def _check_weights(model, epoch, step, optimizer):
+    """A finite loss can still be followed by an update that overflows: check once per epoch."""
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            raise FloatingPointError(
+                f"fit: parameter {name!r} holds non-finite values after epoch {epoch} (step {step}); "
+                f"try a smaller learning rate (lr={optimizer.lr}).")
+
+
 def fit(model, loader, optimizer, epochs, loss="cross_entropy", val_loader=None, callbacks=(),
         progress=True, scheduler=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``loader``; return a :class:`History`.
@@ -160,6 +169,7 @@ def fit(model, loader, optimizer, epochs, loss="cross_entropy", val_loader=None,
                         bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}")
                 if state.stop:  # a callback asked to end training now
                     break
+            _check_weights(model, epoch, state.step, optimizer)
             metrics = {"loss": total / max(seen, 1)}
             if classify:
                 metrics["accuracy"] = correct / max(seen, 1)

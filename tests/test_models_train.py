@@ -351,6 +351,16 @@ def test_diverging_learning_rate_raises_instead_of_nan():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_an_update_that_overflows_on_the_last_step_is_reported():
+    """The loss of the only step is finite, but the update it triggers overflows the weights."""
+    x = np.ones((4, 2), np.float32)
+    y = np.full(4, 1e15, np.float32)   # loss ~1e30 and its gradient ~1e15: huge but finite in float32
+    model = models.mlp([2, 1], seed=0)
+    with pytest.raises(FloatingPointError, match=r"'0\.(weight|bias)'.*non-finite.*epoch 0"):
+        fit(model, [(x, y)], SGD(model.parameters(), lr=1e30), epochs=1, loss="mse", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_diverging_classifier_raises_too():
     x, y = blobs()
     model = models.mlp([2, 32, 3], seed=0)
