@@ -50,6 +50,11 @@ __all__ = ["install", "status", "calls"]
 _STATE = {"installed": False, "reason": "not tried yet", "libraries": []}
 _CALLS = np.zeros(1, dtype=np.int64)  # jobs batches run through the shared pool (for tests)
 _CALLS_ADDR = _CALLS.ctypes.data
+_LOCK = np.zeros(1, dtype=np.int64)  # 1 while a batch of OpenBLAS jobs runs (see _callback)
+_LOCK_ADDR = _LOCK.ctypes.data
+_sched_yield = ctypes.CDLL(None).sched_yield
+_sched_yield.argtypes = []
+_sched_yield.restype = ctypes.c_int
 _SETTERS = ("openblas_set_threads_callback_function", "scipy_openblas_set_threads_callback_function64_",
             "scipy_openblas_set_threads_callback_function")
 
@@ -76,6 +81,27 @@ def _count(typingctx, addr):
     return types.void(types.int64), codegen
 
 
+@intrinsic
+def _try_lock(typingctx, addr):
+    """Atomically set the int64 at ``addr`` from 0 to 1; True if this call did it."""
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        res = builder.cmpxchg(ptr, ir.Constant(ir.IntType(64), 0), ir.Constant(ir.IntType(64), 1),
+                              "acquire", "monotonic")
+        return builder.extract_value(res, 1)
+    return types.boolean(types.int64), codegen
+
+
+@intrinsic
+def _unlock(typingctx, addr):
+    """Set the int64 at ``addr`` back to 0 (release)."""
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        builder.store_atomic(ir.Constant(ir.IntType(64), 0), ptr, "release", 8)
+        return context.get_dummy_value()
+    return types.void(types.int64), codegen
+
+
 @numba.njit(parallel=True, cache=True)
 def _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data):
     """All ``numjobs`` jobs at once, job ``i`` on its own thread (static schedule, numjobs <= threads)."""
@@ -83,21 +109,31 @@ def _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data):
         _call_dojob(dojob, np.int32(i), jobdata + i * elsize, dojob_data)
 
 
-# not cached: the counter's address is compiled in as a constant, and it changes from process to process
+# not cached: the counter's and the lock's addresses are compiled in as constants; they change per process
 @numba.cfunc(types.void(types.int32, types.int64, types.int32, types.int64, types.int64, types.int32))
 def _callback(sync, dojob, numjobs, elsize, jobdata, dojob_data):
-    """``openblas_threads_callback``: (sync, dojob, numjobs, jobdata_elsize, jobdata, dojob_data)."""
+    """``openblas_threads_callback``: (sync, dojob, numjobs, jobdata_elsize, jobdata, dojob_data).
+
+    One batch of jobs at a time: OpenBLAS picks each job's scratch buffer by its
+    thread number, so two batches from two Python threads at once (both numbering
+    their jobs 0, 1, ...) would share buffers. Measured before this lock: wrong
+    products from concurrent ``a.T @ b`` calls. A second caller yields until the
+    first batch is done; BLAS calls too small for threads never get here.
+    """
     _count(_CALLS_ADDR)
+    while not _try_lock(_LOCK_ADDR):
+        _sched_yield()
     if numjobs == 1:
         _call_dojob(dojob, np.int32(0), jobdata, dojob_data)
-        return
-    threads = numba.get_num_threads()
-    if numjobs > threads:  # never split a product over fewer threads than jobs: its jobs wait for each other
-        numba.set_num_threads(numjobs)
-        _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data)
-        numba.set_num_threads(threads)
     else:
-        _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data)
+        threads = numba.get_num_threads()
+        if numjobs > threads:  # never split a product over fewer threads than jobs: its jobs wait for each other
+            numba.set_num_threads(numjobs)
+            _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data)
+            numba.set_num_threads(threads)
+        else:
+            _run_jobs(dojob, numjobs, elsize, jobdata, dojob_data)
+    _unlock(_LOCK_ADDR)
 
 
 def _openblas_libraries():

@@ -66,6 +66,38 @@ def test_blas_products_run_on_numba_threads_with_identical_results():
     assert "CHECKED" in out, out
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared pool looks up OpenBLAS in /proc/self/maps")
+def test_blas_from_several_python_threads_at_once_neither_deadlocks_nor_mixes_results():
+    """Each calling thread gets its own OpenMP team; products running side by side stay exact."""
+    out = _run(PRODUCTS + textwrap.dedent("""
+        import threading
+        ref = products()
+        from prunekit import _conv_kernels as K, _threads
+        x = np.random.default_rng(1).random((64, 3, 32, 32), dtype=np.float32)
+        K.im2col_kernel(x, 3, 3, 1, 1, 0, 0, 30, 30, np.empty((27, 64 * 30 * 30), np.float32))
+        if not _threads.status()["installed"]:
+            print("STATUS False", _threads.status()["reason"])
+            raise SystemExit
+        bad = []
+        def work():
+            for _ in range(5):
+                for p, q in zip(ref, products()):
+                    if not np.allclose(p, q, rtol=1e-5, atol=1e-5):
+                        bad.append(1)
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "deadlock"
+        assert not bad
+        print("CHECKED")
+    """))
+    if "STATUS False" in out:
+        pytest.skip("shared pool not available here: " + out.split("STATUS False", 1)[1].strip())
+    assert "CHECKED" in out, out
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_falls_back_to_openblas_threads():
     out = _run(PRODUCTS + textwrap.dedent("""
