@@ -36,6 +36,8 @@ PRODUCTS = textwrap.dedent("""
             v = rng.standard_normal(1024).astype(dt)
             out += [a @ b, b.T @ a.T, big @ v, v[:257] @ rng.standard_normal((257, 999)).astype(dt),
                     np.einsum("ij,jk->ik", a, b)]
+        sq = rng.standard_normal((300, 300))  # LAPACK on top of the threaded BLAS
+        out += [np.linalg.solve(sq, b[:, :40].astype(np.float64)), np.linalg.inv(sq), np.linalg.eigh(sq + sq.T)[0]]
         return out
 """)
 
