@@ -5,9 +5,9 @@ A kernel is written as an ordinary Python function and decorated with
 compiles the function (with ``cache=True`` so later processes load it from
 disk) and from then on calls the compiled version.
 
-The first parallel kernel also makes NumPy's OpenBLAS run its parallel jobs on
-numba's thread pool (:mod:`prunekit._threads`), so the two never fight over the
-cores.
+The first parallel kernel also tells NumPy's OpenBLAS to put its worker threads
+to sleep right after each product (:mod:`prunekit._threads`), so they do not spin
+on the cores that numba's threads need.
 
 Two conveniences make kernels readable as plain Python:
 
@@ -75,7 +75,7 @@ class LazyKernel:
                     if self.options.get("parallel"):
                         from . import _threads
 
-                        _threads.install()  # once: NumPy's BLAS then runs on numba's threads too
+                        _threads.install()  # once: OpenBLAS's idle workers then sleep instead of spinning
         return self._dispatcher
 
     @property

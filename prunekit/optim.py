@@ -104,9 +104,8 @@ class SGD(Optimizer):
         if buf is not None and _fusable(w, g, buf):
             # The same arithmetic as below in one pass over memory (about 1.5x faster).
             t = w.dtype.type
-            kernel = _sgd_momentum_kernel if w.size >= _PARALLEL_MIN else _sgd_momentum_kernel.serial
-            kernel(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum),
-                   t(self.weight_decay), self.nesterov)
+            _sgd_momentum_kernel(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum),
+                                 t(self.weight_decay), self.nesterov)
             return
         if self.weight_decay:
             g = g + self.weight_decay * w
@@ -125,14 +124,14 @@ def _fusable(*arrays):
     return a.dtype.kind == "f" and all(x.dtype == a.dtype and x.flags.c_contiguous and x.shape == a.shape for x in arrays)
 
 
-prange = range  # numba.prange in the parallel kernel (see _jit)
-_PARALLEL_MIN = 1 << 17  # below this many weights one thread is faster than waking the others
-
-
-@njit(parallel=True)
+@njit
 def _sgd_momentum_kernel(w, g, buf, lr, momentum, weight_decay, nesterov):
-    """SGD with momentum on flat arrays, in place: the loop form of ``SGD._update``."""
-    for i in prange(w.size):
+    """SGD with momentum on flat arrays, in place: the loop form of ``SGD._update``.
+
+    One thread on purpose: a parallel kernel would also quieten OpenBLAS's threads
+    (see ``_threads``), which makes a pure-BLAS model like LeNet-300-100 slower.
+    """
+    for i in range(w.size):
         gi = g[i] + weight_decay * w[i]
         b = momentum * buf[i] + gi
         buf[i] = b

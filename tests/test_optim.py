@@ -342,12 +342,11 @@ def test_state_dict_is_a_copy():
 
 @pytest.mark.parametrize("nesterov, wd", [(False, 0.0), (True, 0.0), (False, 1e-2), (True, 1e-3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", ["parallel", "serial"])
-def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype, variant):
+def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype):
     """The numba fast path (contiguous arrays, after the first step) against the NumPy lines it replaces."""
     from prunekit.optim import _sgd_momentum_kernel
 
-    kernel = _sgd_momentum_kernel if variant == "parallel" else _sgd_momentum_kernel.serial
+    kernel = _sgd_momentum_kernel
     rng = np.random.default_rng(5)
     w, g, buf = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
     lr, mu = 0.05, 0.9
