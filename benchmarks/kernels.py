@@ -146,17 +146,17 @@ def machine_report():
         "int8 kernel": "AVX-512 VNNI (vpdpbusd)" if kernels.has_vnni() else "portable (no VNNI)",
         "env": ", ".join(f"{k}={v}" for k, v in env.items() if v is not None) or "none of OPENBLAS_*/OMP_*/NUMBA_* set",
         "note": "OMP_WAIT_POLICY=PASSIVE comes from prunekit._jit (set on the first kernel compile) unless set by you",
-        "BLAS threads": _shared_pool_status(),
+        "BLAS threads": _blas_threads_status(),
     }
 
 
-def _shared_pool_status():
-    """Whether NumPy's OpenBLAS runs its jobs on numba's pool (prunekit._threads), as it does after warm-up."""
+def _blas_threads_status():
+    """Whether OpenBLAS's idle workers sleep at once (prunekit._threads), as they do after warm-up."""
     pk.sparse.warmup()
     from prunekit import _threads
 
     st = _threads.status()
-    return ("shared with numba: " if st["installed"] else "OpenBLAS's own pool: ") + st["reason"]
+    return ("sleep after each job: " if st["installed"] else "OpenBLAS default (spin ~0.1 s): ") + st["reason"]
 
 
 # ----------------------------------------------------------------------------- timing

@@ -26,7 +26,7 @@ first time a parallel prunekit kernel is compiled. Set ``PRUNEKIT_QUIET_BLAS=0``
 to leave OpenBLAS alone; :func:`status` says what happened.
 
 (A tried and rejected alternative: OpenBLAS 0.3.27+ can hand its parallel jobs to
-a caller-supplied callback, which could run them on numba's pool. It was fastest,
+a caller-supplied callback, which could run them on numba's pool. It was as fast,
 but two Python threads solving linear systems at the same time deadlocked in
 LAPACK's parallel LU, and a process-wide hook must never do that.)
 """
