@@ -220,13 +220,20 @@ def test_int8_batch1_reuses_its_buffers_without_leaking_state(vnni):
     q = Int8Weight.from_dense(rng.standard_normal((70, 130)).astype(np.float32))
     b = rng.standard_normal(70).astype(np.float32)
     out = np.empty(70, np.float32)
-    for scale in (1.0, 1e-3, 0.0, 50.0):  # 0.0: an all-zero input (scale 0) must give exactly the bias
-        x = (scale * rng.standard_normal(130)).astype(np.float32)
-        y = kernels.int8_linear(q, x, bias=b, out=out, vnni=vnni)
-        assert y is out
-        np.testing.assert_allclose(y, kernels.int8_linear_reference(q, x, b), rtol=1e-5, atol=1e-5)
-        if scale == 0.0:
-            np.testing.assert_array_equal(y, b)
+    for bias in (b, None, b, None):  # after the first call, bias=None takes the short path
+        for scale in (1.0, 1e-3, 0.0, 50.0):  # 0.0: an all-zero input (scale 0) must give exactly the bias
+            x = (scale * rng.standard_normal(130)).astype(np.float32)
+            y = kernels.int8_linear(q, x, bias=bias, out=out, vnni=vnni)
+            assert y is out
+            np.testing.assert_allclose(y, kernels.int8_linear_reference(q, x, bias), rtol=1e-5, atol=1e-5)
+            if scale == 0.0:
+                np.testing.assert_array_equal(y, 0 if bias is None else bias)
+            y2 = kernels.int8_linear(q, x, bias=bias, vnni=vnni)  # a fresh output array
+            np.testing.assert_array_equal(y2, y)
+    with pytest.raises(ValueError, match="'out'"):
+        kernels.int8_linear(q, x, out=np.empty(71, np.float32))
+    with pytest.raises(ValueError, match="'x'"):
+        kernels.int8_linear(q, np.ones(129, np.float32))
 
 
 # ----------------------------------------------------------------------------- fused chain
