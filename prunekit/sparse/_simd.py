@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit
+from .kernels import nm_columns
 
 __all__ = ["csr_spmv", "nm_spmv", "fused_chain", "LANES"]
 
@@ -448,15 +449,7 @@ def nm_spmm_rows(r0, r1, values, positions, n, m, xt, ldx, bias, y):
     tile = np.empty((r1 - r0) * ldx, dtype=np.float32)
     cols = np.empty(n_slots, dtype=np.int32)
     for i in range(r0, r1):
-        p = positions[i]
-        g = 0
-        t_in_group = 0
-        for s in range(n_slots):
-            cols[s] = g + p[s]
-            t_in_group += 1
-            if t_in_group == n:
-                t_in_group = 0
-                g += m
+        nm_columns(positions[i], n, m, cols)
         row_times_xt(0, n_slots, cols, values[i], xt, ldx, tile, (i - r0) * ldx)
     store_tile(tile, ldx, r0, r1, bias, y)
 

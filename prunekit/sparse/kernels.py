@@ -158,6 +158,53 @@ def csr_spmv_kernel(indptr, indices, data, x, bias, y):
         csr_spmv_rows(t * CHUNK, min(t * CHUNK + CHUNK, n), indptr, indices, data, x, bias, y)
 
 
+@njit(inline="always")
+def _row_times_xt(start, stop, cols, vals, xt, acc):
+    """acc[b] += sum_{start <= k < stop} vals[k] * xt[cols[k], b] over the batch b, two non-zeros per step
+    (half the loads and stores of ``acc``)."""
+    n_b = acc.shape[0]
+    k = start
+    while k + 2 <= stop:
+        v0 = vals[k]
+        v1 = vals[k + 1]
+        x0 = xt[cols[k]]
+        x1 = xt[cols[k + 1]]
+        for b in range(n_b):
+            acc[b] += v0 * x0[b] + v1 * x1[b]
+        k += 2
+    if k < stop:
+        v0 = vals[k]
+        x0 = xt[cols[k]]
+        for b in range(n_b):
+            acc[b] += v0 * x0[b]
+
+
+@njit(inline="always")
+def _store_tile(tile, r0, r1, bias, y):
+    """y[b, r0:r1] = tile (rows r0..r1, batch along the second axis) transposed, + bias."""
+    has_bias = bias.shape[0] > 0
+    for b in range(y.shape[0]):
+        yb = y[b]
+        for i in range(r0, r1):
+            s = tile[i - r0, b]
+            if has_bias:
+                s += bias[i]
+            yb[i] = s
+
+
+@njit(inline="always")
+def nm_columns(p, n, m, cols):
+    """cols[s] = absolute column of slot s of an N:M row: group * m + position (counters, no division)."""
+    g = 0
+    t_in_group = 0
+    for s in range(cols.shape[0]):
+        cols[s] = g + p[s]
+        t_in_group += 1
+        if t_in_group == n:
+            t_in_group = 0
+            g += m
+
+
 @njit(parallel=True)
 def csr_spmm_rows(r0, r1, indptr, indices, data, xt, bias, y):
     """y[b, i] = sum over row i of data[k] * xt[indices[k], b]  (+ bias[i]), r0 <= i < r1.
@@ -167,33 +214,10 @@ def csr_spmm_rows(r0, r1, indptr, indices, data, xt, bias, y):
     (rows, B) tile, two non-zeros per step (half the loads and stores of the
     tile), then the tile is written transposed into y.
     """
-    n_b = y.shape[0]
-    has_bias = bias.shape[0] > 0
-    tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
+    tile = np.zeros((r1 - r0, y.shape[0]), dtype=y.dtype)
     for i in range(r0, r1):
-        acc = tile[i - r0]
-        k = indptr[i]
-        stop = indptr[i + 1]
-        while k + 2 <= stop:
-            v0 = data[k]
-            v1 = data[k + 1]
-            x0 = xt[indices[k]]
-            x1 = xt[indices[k + 1]]
-            for b in range(n_b):
-                acc[b] += v0 * x0[b] + v1 * x1[b]
-            k += 2
-        if k < stop:
-            v0 = data[k]
-            x0 = xt[indices[k]]
-            for b in range(n_b):
-                acc[b] += v0 * x0[b]
-    for b in range(n_b):
-        yb = y[b]
-        for i in range(r0, r1):
-            s = tile[i - r0, b]
-            if has_bias:
-                s += bias[i]
-            yb[i] = s
+        _row_times_xt(indptr[i], indptr[i + 1], indices, data, xt, tile[i - r0])
+    _store_tile(tile, r0, r1, bias, y)
 
 
 @njit(parallel=True)
@@ -415,45 +439,12 @@ def nm_spmv_kernel(values, positions, n, m, x, bias, y):
 @njit(parallel=True)
 def nm_spmm_rows(r0, r1, values, positions, n, m, xt, bias, y):
     """Rows r0..r1 of the batched N:M product, ``xt`` = x transposed (see :func:`csr_spmm_rows`)."""
-    n_b = y.shape[0]
-    n_slots = values.shape[1]
-    has_bias = bias.shape[0] > 0
-    tile = np.zeros((r1 - r0, n_b), dtype=y.dtype)
-    cols = np.empty(n_slots, dtype=np.int64)
+    tile = np.zeros((r1 - r0, y.shape[0]), dtype=y.dtype)
+    cols = np.empty(values.shape[1], dtype=np.int64)
     for i in range(r0, r1):
-        acc = tile[i - r0]
-        v = values[i]
-        p = positions[i]
-        # absolute column of every slot: group * m + position (counters, no division)
-        g = 0
-        t_in_group = 0
-        for s in range(n_slots):
-            cols[s] = g + p[s]
-            t_in_group += 1
-            if t_in_group == n:
-                t_in_group = 0
-                g += m
-        s = 0
-        while s + 2 <= n_slots:
-            v0 = v[s]
-            v1 = v[s + 1]
-            x0 = xt[cols[s]]
-            x1 = xt[cols[s + 1]]
-            for b in range(n_b):
-                acc[b] += v0 * x0[b] + v1 * x1[b]
-            s += 2
-        if s < n_slots:
-            v0 = v[s]
-            x0 = xt[cols[s]]
-            for b in range(n_b):
-                acc[b] += v0 * x0[b]
-    for b in range(n_b):
-        yb = y[b]
-        for i in range(r0, r1):
-            r = tile[i - r0, b]
-            if has_bias:
-                r += bias[i]
-            yb[i] = r
+        nm_columns(positions[i], n, m, cols)
+        _row_times_xt(0, cols.shape[0], cols, values[i], xt, tile[i - r0])
+    _store_tile(tile, r0, r1, bias, y)
 
 
 @njit(parallel=True)
