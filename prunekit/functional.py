@@ -263,11 +263,10 @@ def _direct_conv2d(x, weight, bias, ph, pw, oh, ow):
         def _backward():
             g = np.ascontiguousarray(out.grad, dtype=dtype)
             if weight.requires_grad or (bias is not None and bias.requires_grad):
-                parallel = y.size >= K.PARALLEL_MIN_WORK
-                tasks = min(x.shape[0], 4) if parallel else 1
+                kernel = K.pick(K.conv_direct_grad_w_kernel, y.size)
+                tasks = 1 if kernel is K.conv_direct_grad_w_kernel.serial else min(x.shape[0], 4)  # partial sums
                 part_w = np.empty((tasks,) + wd.shape, dtype=dtype)
                 part_b = np.empty((tasks, wd.shape[0]), dtype=dtype)
-                kernel = K.conv_direct_grad_w_kernel if parallel else K.conv_direct_grad_w_kernel.serial
                 kernel(xd, g, ph, pw, part_w, part_b)
                 if weight.requires_grad:
                     weight._accumulate(part_w.sum(axis=0), owned=True)

@@ -346,7 +346,6 @@ def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype):
     """The numba fast path (contiguous arrays, after the first step) against the NumPy lines it replaces."""
     from prunekit.optim import _sgd_momentum_kernel
 
-    kernel = _sgd_momentum_kernel
     rng = np.random.default_rng(5)
     w, g, buf = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
     lr, mu = 0.05, 0.9
@@ -355,7 +354,7 @@ def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype):
     br = mu * buf + gr
     wr = w - lr * (gr + mu * br if nesterov else br)
     t = np.dtype(dtype).type
-    kernel(w, g, buf, t(lr), t(mu), t(wd), nesterov)
+    _sgd_momentum_kernel(w, g, buf, t(lr), t(mu), t(wd), nesterov)
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(buf, br, rtol=tol, atol=tol)
     np.testing.assert_allclose(w, wr, rtol=tol, atol=tol)
