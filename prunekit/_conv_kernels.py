@@ -193,18 +193,19 @@ def conv_direct_reference(x, w, bias, sh, sw, ph, pw):
     return y
 
 
-def _direct_geometry(h, w, kh, kw, ph, pw):
-    """(OH, OW, WP, rows): each sample is copied into ``rows`` x ``WP`` zero-padded rows.
+@njit(inline="always")
+def _flat_layout(h, w, oh, ph, pw):
+    """(WP, rows, length): each sample is copied into ``rows`` x ``WP`` zero-padded flat rows.
 
     With stride 1, output pixel (i, j) reads input rows i..i+kh-1 and columns
     j..j+kw-1 of the padded sample, so with the padded sample stored flat (row
     length WP = W + 2 pw), all outputs for one kernel offset (a, b) are ONE
     contiguous multiply-add: ``acc[t] += w[a, b] * xp[a * WP + b + t]`` for
-    t < OH * WP. The WP - OW columns of each accumulator row past OW are junk that
-    is never copied out; one extra zero row keeps their reads in bounds.
+    t < length = OH * WP. The WP - OW columns of each accumulator row past OW are
+    junk that is never copied out; one extra zero row keeps their reads in bounds.
     """
-    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    return oh, ow, w + 2 * pw, h + 2 * ph + 1
+    wp = w + 2 * pw
+    return wp, h + 2 * ph + 1, oh * wp
 
 
 @njit(inline="always")
@@ -224,9 +225,7 @@ def conv_direct_kernel(x, w, bias, ph, pw, y):
     """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, KH, KW), stride 1) + bias; one sample per task."""
     o_, c_, kh, kw = w.shape
     oh, ow = y.shape[2], y.shape[3]
-    wp = x.shape[3] + 2 * pw
-    rows = x.shape[2] + 2 * ph + 1
-    length = oh * wp
+    wp, rows, length = _flat_layout(x.shape[2], x.shape[3], oh, ph, pw)
     has_bias = bias.shape[0] > 0
     for n in prange(x.shape[0]):
         xp = _padded_flat(x, n, ph, pw, wp, rows)
@@ -266,10 +265,7 @@ def conv_direct_grad_w_kernel(x, g, ph, pw, part_w, part_b):
     """
     n_tasks = part_w.shape[0]
     o_, c_, kh, kw = part_w.shape[1], part_w.shape[2], part_w.shape[3], part_w.shape[4]
-    oh = g.shape[2]
-    wp = x.shape[3] + 2 * pw
-    rows = x.shape[2] + 2 * ph + 1
-    length = oh * wp
+    wp, rows, length = _flat_layout(x.shape[2], x.shape[3], g.shape[2], ph, pw)
     for t in prange(n_tasks):
         part_w[t] = 0
         part_b[t] = 0
@@ -298,10 +294,7 @@ def conv_direct_grad_x_kernel(g, w, ph, pw, dx):
     """dx (N, C, H, W), overwritten: the adjoint of :func:`conv_direct_kernel` (same loops, roles swapped)."""
     o_, c_, kh, kw = w.shape
     h_, w_ = dx.shape[2], dx.shape[3]
-    oh = g.shape[2]
-    wp = w_ + 2 * pw
-    rows = h_ + 2 * ph + 1
-    length = oh * wp
+    wp, rows, length = _flat_layout(h_, w_, g.shape[2], ph, pw)
     for n in prange(g.shape[0]):
         dxp = np.zeros((c_, rows * wp), dtype=dx.dtype)
         gp = np.zeros(length, dtype=dx.dtype)
