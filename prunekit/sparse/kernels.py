@@ -712,7 +712,8 @@ def _int8_gemv_vnni(w: Int8Weight, x, bias32, y):
 
         wp, n_panels, n_quads = _int8_packed(w)
         xu = np.full(4 * n_quads, 128, dtype=np.uint8)
-        # (input shape, compiled kernel, its arguments but x, bias and y): the fast path in int8_linear
+        # (input shape, compiled kernel, then its arguments between x and y with an empty bias): read by the
+        # short path in int8_linear, which passes them as they are
         work = w._gemv = ((w.shape[1],), _vnni.gemv.compiled(), xu, wp, n_panels, n_quads, w.row_sums,
                           np.zeros(1, np.float32), w.scales, _bias(None, w), np.empty(n_panels * _vnni.PANEL, np.int32))
     _, gemv, xu, wp, n_panels, n_quads, row_sums, sx, scales, _, acc = work
