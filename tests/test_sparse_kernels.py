@@ -1,4 +1,8 @@
 """Every numba kernel of prunekit.sparse against its NumPy reference (and the references against dense NumPy)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -169,32 +173,32 @@ def test_quantize_rows_kernel_matches_reference_exactly(shape, batch, seed):
     assert np.all(qu[:, shape[1]:] == 128)
 
 
-vnni_modes = [False] + ([True] if kernels.has_vnni() else [])
+int8_modes = kernels.int8_kernels()  # every int8 kernel this CPU runs, e.g. ("avx2", "portable")
 
 
-@pytest.mark.parametrize("vnni", vnni_modes)
+@pytest.mark.parametrize("kernel", int8_modes)
 @settings(max_examples=25)
 @given(shape=st.tuples(st.integers(1, 70), st.integers(1, 90)), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
-def test_int8_matmul_is_exact(vnni, shape, batch, seed):
+def test_int8_matmul_is_exact(kernel, shape, batch, seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(shape).astype(np.float32)
     q = Int8Weight.from_dense(w)
     xq = rng.integers(-127, 128, size=(batch, shape[1])).astype(np.int8)
-    acc = kernels.int8_matmul_int32(xq, q, vnni=vnni)
+    acc = kernels.int8_matmul_int32(xq, q, kernel=kernel)
     np.testing.assert_array_equal(acc, kernels.int8_matmul_int32_reference(xq, q.q))
 
 
-@pytest.mark.parametrize("vnni", vnni_modes)
+@pytest.mark.parametrize("kernel", int8_modes)
 @settings(max_examples=25)
 @given(shape=st.tuples(st.integers(1, 70), st.integers(1, 90)), batch=batches, dtype=dtypes, bias=st.booleans(),
        contiguous=st.booleans(), seed=st.integers(0, 2**16))
-def test_int8_linear_matches_reference(vnni, shape, batch, dtype, bias, contiguous, seed):
+def test_int8_linear_matches_reference(kernel, shape, batch, dtype, bias, contiguous, seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(shape).astype(dtype)
     q = Int8Weight.from_dense(w)
     x = make_x(rng, batch, shape[1], np.float32, contiguous)
     b = rng.standard_normal(shape[0]).astype(dtype) if bias else None
-    y = kernels.int8_linear(q, x, bias=b, vnni=vnni)
+    y = kernels.int8_linear(q, x, bias=b, kernel=kernel)
     ref = kernels.int8_linear_reference(q, x, b)
     assert y.shape == ref.shape and y.dtype == dtype
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
@@ -204,17 +208,58 @@ def test_int8_linear_matches_reference(vnni, shape, batch, dtype, bias, contiguo
     assert np.max(np.abs(y - exact)) <= bound
 
 
-def test_int8_vnni_and_portable_give_identical_outputs():
-    if not kernels.has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+def test_int8_kernels_give_identical_outputs():
+    """Every int8 kernel sums exactly in int32, so all of them agree bit for bit (same dequantization)."""
     rng = np.random.default_rng(4)
     q = Int8Weight.from_dense(rng.standard_normal((100, 203)).astype(np.float32))
+    assert int8_modes[-1] == "portable"
     for x in (rng.standard_normal(203).astype(np.float32), rng.standard_normal((13, 203)).astype(np.float32)):
-        np.testing.assert_array_equal(kernels.int8_linear(q, x, vnni=True), kernels.int8_linear(q, x, vnni=False))
+        want = kernels.int8_linear(q, x, kernel="portable")
+        for kernel in int8_modes:
+            np.testing.assert_array_equal(kernels.int8_linear(q, x, kernel=kernel), want)
 
 
-@pytest.mark.parametrize("vnni", vnni_modes)
-def test_int8_batch1_reuses_its_buffers_without_leaking_state(vnni):
+@pytest.mark.parametrize("kernel", int8_modes)
+def test_int8_extreme_values_do_not_saturate(kernel):
+    """+-127 everywhere: the worst case for AVX2's vpmaddubsw, whose int16 pair sums saturate at 32767
+    (255 * 127 * 2 would; the sign trick keeps them at 2 * 127 * 127)."""
+    rng = np.random.default_rng(6)
+    for n_out, n_in in ((64, 256), (17, 37)):
+        wq = (127 * rng.choice([-1, 1], size=(n_out, n_in))).astype(np.int8)
+        wq[0] = 127
+        wq[1] = -127
+        q = Int8Weight(wq, np.ones(n_out, np.float32))
+        xq = (127 * rng.choice([-1, 1], size=(5, n_in))).astype(np.int8)
+        xq[0] = 127
+        xq[1] = -127
+        xq[2, ::2] = 0
+        acc = kernels.int8_matmul_int32(xq, q, kernel=kernel)
+        np.testing.assert_array_equal(acc, kernels.int8_matmul_int32_reference(xq, wq))
+        assert acc[0, 0] == 127 * 127 * n_in and acc[1, 0] == -127 * 127 * n_in
+        x = xq.astype(np.float32)  # quantizes to itself (scale 1)
+        np.testing.assert_array_equal(kernels.int8_linear(q, x, kernel=kernel), acc.astype(np.float32))
+        np.testing.assert_array_equal(kernels.int8_linear(q, x[0], kernel=kernel), acc[0].astype(np.float32))
+
+
+@pytest.mark.parametrize("env, drops", [("PRUNEKIT_NO_VNNI", {"vnni"}), ("PRUNEKIT_NO_INT8_SIMD", {"vnni", "avx2"})])
+def test_int8_simd_kernels_can_be_switched_off(env, drops):
+    code = ("from prunekit.sparse import kernels, Int8Weight; import numpy as np; print(kernels.int8_kernels()); "
+            "q = Int8Weight.from_dense(np.eye(5, dtype=np.float32)); "
+            "print(kernels.int8_linear(q, np.arange(5, dtype=np.float32)).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1"}, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert eval(out[0]) == tuple(k for k in int8_modes if k not in drops)
+    assert eval(out[1]) == pytest.approx([0, 1, 2, 3, 4], abs=0.02)
+
+
+def test_int8_kernel_argument_is_checked():
+    q = Int8Weight.from_dense(np.ones((3, 4), np.float32))
+    with pytest.raises(ValueError, match="'kernel'.*portable"):
+        kernels.int8_linear(q, np.ones(4, np.float32), kernel="avx9000")
+
+
+@pytest.mark.parametrize("kernel", int8_modes)
+def test_int8_batch1_reuses_its_buffers_without_leaking_state(kernel):
     """The batch-1 path keeps scratch buffers on the weight: later calls must not see earlier inputs."""
     rng = np.random.default_rng(5)
     q = Int8Weight.from_dense(rng.standard_normal((70, 130)).astype(np.float32))
@@ -223,12 +268,12 @@ def test_int8_batch1_reuses_its_buffers_without_leaking_state(vnni):
     for bias in (b, None, b, None):  # after the first call, bias=None takes the short path
         for scale in (1.0, 1e-3, 0.0, 50.0):  # 0.0: an all-zero input (scale 0) must give exactly the bias
             x = (scale * rng.standard_normal(130)).astype(np.float32)
-            y = kernels.int8_linear(q, x, bias=bias, out=out, vnni=vnni)
+            y = kernels.int8_linear(q, x, bias=bias, out=out, kernel=kernel)
             assert y is out
             np.testing.assert_allclose(y, kernels.int8_linear_reference(q, x, bias), rtol=1e-5, atol=1e-5)
             if scale == 0.0:
                 np.testing.assert_array_equal(y, 0 if bias is None else bias)
-            y2 = kernels.int8_linear(q, x, bias=bias, vnni=vnni)  # a fresh output array
+            y2 = kernels.int8_linear(q, x, bias=bias, kernel=kernel)  # a fresh output array
             np.testing.assert_array_equal(y2, y)
     with pytest.raises(ValueError, match="'out'"):
         kernels.int8_linear(q, x, out=np.empty(71, np.float32))

@@ -406,7 +406,7 @@ class Int8Weight(SparseFormat):
 
     def _finish(self):
         self.row_sums = self.q.sum(axis=1, dtype=np.int32)
-        self._packed = None  # VNNI layout, built on first use (kernels._int8_packed)
+        self._packed = None  # SIMD panel layout, built on first use (kernels._int8_packed)
 
     @classmethod
     def from_dense(cls, a):

@@ -21,9 +21,9 @@ Why these kernels look the way they do
   ``w[i, j]`` multiplies a *contiguous* row ``xt[j, :]``: the inner loop over
   the batch is a plain SIMD loop (``acc[:] += w * xt[j, :]``).
 * int8: quantize x per row, multiply int8 x int8 into int32 sums, dequantize.
-  It beats float32 only with an int8 dot-product instruction (AVX-512 VNNI,
-  :mod:`prunekit.sparse._vnni`); the portable kernel here is the reference
-  design and the fallback.
+  It beats float32 only with int8 dot-product instructions (AVX-512 VNNI, or
+  the AVX2 sign trick: :mod:`prunekit.sparse._int8_simd`); the portable kernel
+  here is the reference design and the fallback.
 * ``fastmath`` stays off: results do not depend on how LLVM feels like
   re-associating sums (partial sums are explicit, so the summation order is
   fixed and the same on every run), and multiply and add are not fused.
@@ -61,7 +61,7 @@ __all__ = [
     "csr_spmv", "csr_spmm", "bsr_spmm", "nm_spmm", "int8_linear",
     "csr_spmv_reference", "csr_spmm_reference", "bsr_spmm_reference", "nm_spmm_reference",
     "int8_linear_reference", "quantize_rows_reference", "int8_matmul_int32_reference",
-    "int8_matmul_int32", "quantize_rows", "has_vnni",
+    "int8_matmul_int32", "quantize_rows", "has_vnni", "int8_kernels",
 ]
 
 ROWS_PER_TASK = 16  # output rows handed to one thread at a time in the batched kernels
@@ -553,7 +553,7 @@ def int8_gemm_kernel(xq, wq, sx, sw, bias, y):
 
     A plain dot product over contiguous k: LLVM turns it into ``pmaddwd``
     (int16 pairs multiplied and added into int32 lanes). Used when the CPU has
-    no VNNI instructions; see :mod:`prunekit.sparse._vnni` for the fast path.
+    neither AVX2 nor VNNI; see :mod:`prunekit.sparse._int8_simd` for the fast paths.
     """
     n_b, n_k = xq.shape
     has_bias = bias.shape[0] > 0
@@ -584,32 +584,44 @@ def int8_matmul_int32_kernel(xq, wq, out):
             out[b, i] = acc
 
 
-_VNNI = None
+_INT8_KERNELS = None
+
+
+def int8_kernels() -> tuple:
+    """The int8 kernels this CPU can run, fastest first, e.g. ``("avx2", "portable")``.
+
+    ``"vnni"``: AVX-512 VNNI ``vpdpbusd``; ``"avx2"``: ``vpmaddubsw`` with the sign
+    trick; ``"portable"``: plain numba loops (any CPU). ``kernel=None`` in
+    :func:`int8_linear` takes the first.
+    """
+    global _INT8_KERNELS
+    if _INT8_KERNELS is None:
+        from . import _int8_simd
+
+        _INT8_KERNELS = _int8_simd.available() + ("portable",)
+    return _INT8_KERNELS
 
 
 def has_vnni() -> bool:
     """True if the int8 kernels use the AVX-512 VNNI instruction ``vpdpbusd`` on this machine."""
-    global _VNNI
-    if _VNNI is None:
-        from . import _vnni
-
-        _VNNI = _vnni.available()
-    return _VNNI
+    return "vnni" in int8_kernels()
 
 
-def _use_vnni(vnni):
-    if vnni is None:
-        return has_vnni()
-    if vnni and not has_vnni():
-        fail("vnni", "False or None on a CPU without AVX-512 VNNI", vnni)
-    return bool(vnni)
+def _int8_simd_flavour(kernel):
+    """None for the portable kernel, else "vnni" or "avx2" (the instruction set of prunekit.sparse._int8_simd)."""
+    avail = int8_kernels()
+    if kernel is None:
+        kernel = avail[0]
+    elif kernel not in avail:
+        fail("kernel", f"None or one of {avail} (the int8 kernels this CPU can run)", kernel)
+    return None if kernel == "portable" else kernel
 
 
 def _int8_packed(w: Int8Weight):
     if w._packed is None:
-        from . import _vnni
+        from . import _int8_simd
 
-        w._packed = _vnni.pack_weights(w.q)
+        w._packed = _int8_simd.pack_weights(w.q)
     return w._packed
 
 
@@ -626,35 +638,46 @@ def quantize_rows(x, offset=0, width=None):
     return q, scale
 
 
-def int8_matmul_int32(xq, w: Int8Weight, vnni=None):
-    """Exact int32 accumulators ``xq @ w.q.T`` for int8 ``xq`` of shape (B, in)."""
+def _simd_activations(flavour, rows, k4):
+    """Zeroed activation scratch for the SIMD kernels: uint8 holding 128 (= int8 0 shifted) for VNNI, int8 0 for AVX2."""
+    from . import _int8_simd
+
+    dtype = _int8_simd.activation_dtype(flavour)
+    return np.full((rows, k4), 128 if dtype == np.uint8 else 0, dtype=dtype)
+
+
+def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
+    """Exact int32 accumulators ``xq @ w.q.T`` for int8 ``xq`` of shape (B, in); ``kernel`` as in :func:`int8_linear`."""
     check_array("xq", xq, ndim=2)
     if xq.dtype != np.int8:
         fail("xq", "an array of dtype int8", str(xq.dtype), TypeError)
     if xq.shape[1] != w.shape[1]:
         fail("xq", f"an array with {w.shape[1]} columns (in_features)", f"shape {xq.shape}")
     n_b = xq.shape[0]
-    if _use_vnni(vnni):
-        from . import _vnni
+    flavour = _int8_simd_flavour(kernel)
+    if flavour is not None:
+        from . import _int8_simd
 
         wp, n_panels, n_quads = _int8_packed(w)
-        xu = np.full((n_b, 4 * n_quads), 128, dtype=np.uint8)
-        xu[:, : w.shape[1]] = xq.astype(np.int16) + 128
-        acc = np.zeros(n_b * n_panels * _vnni.PANEL, dtype=np.int32)
-        _vnni.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
+        xu = _simd_activations(flavour, n_b, 4 * n_quads)
+        xu[:, : w.shape[1]] = xq.astype(np.int16) + (128 if xu.dtype == np.uint8 else 0)
+        acc = np.zeros(n_b * n_panels * _int8_simd.PANEL, dtype=np.int32)
+        _int8_simd.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
         return acc.reshape(n_b, -1)[:, : w.shape[0]].copy()
     out = np.empty((n_b, w.shape[0]), dtype=np.int32)
     int8_matmul_int32_kernel(np.ascontiguousarray(xq), w.q, out)
     return out
 
 
-def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
+def int8_linear(w: Int8Weight, x, bias=None, out=None, kernel=None):
     """``x @ W.T (+ b)`` with int8 weights: quantize x per row, multiply in int8 with int32 sums, dequantize.
 
-    ``vnni=None`` picks the VNNI kernel when the CPU has it; ``False`` forces the portable kernel.
+    ``kernel=None`` picks the fastest kernel this CPU has (see :func:`int8_kernels`);
+    ``"vnni"``, ``"avx2"`` or ``"portable"`` asks for one. All give the same result
+    up to float32 rounding of the final scale (the integer sums are exact).
     """
     work = w.__dict__.get("_gemv")
-    if (work is not None and vnni is None and bias is None and type(x) is np.ndarray and x.dtype == np.float32
+    if (work is not None and kernel is None and bias is None and type(x) is np.ndarray and x.dtype == np.float32
             and x.shape == work[0] and x.flags.c_contiguous):
         # the hot batch-1 call (a GEMV at memory speed): as few Python steps as possible, since they run on
         # a cache that the previous call's 16 MB weight stream has just flushed (~1 us each, measured)
@@ -663,8 +686,10 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
         return y
     x = _as_input(x, w, ndim=(1, 2))
     squeeze = x.ndim == 1
-    if squeeze and w.dtype == np.float32 and _use_vnni(vnni):
-        return _int8_gemv_vnni(w, x, _bias(bias, w), _as_output(out, (w.shape[0],), w.dtype))
+    flavour = _int8_simd_flavour(kernel)
+    if squeeze and w.dtype == np.float32 and flavour is not None:
+        return _int8_gemv_simd(w, flavour, x, _bias(bias, w), _as_output(out, (w.shape[0],), w.dtype),
+                               cache=kernel is None)
     x2 = x.reshape(1, -1) if squeeze else x
     n_b = x2.shape[0]
     b = _bias(bias, w)
@@ -678,20 +703,21 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
     else:
         y32 = y
     bias32 = b.astype(np.float32) if b.dtype != np.float32 else b
-    if _use_vnni(vnni):
-        from . import _vnni
+    if flavour is not None:
+        from . import _int8_simd
 
         wp, n_panels, n_quads = _int8_packed(w)
         k4 = 4 * n_quads
-        rows = -(-n_b // _vnni.ROW_TILE) * _vnni.ROW_TILE if n_b > 1 else 1
-        xu, sx, acc = _workspace(w, ("vnni", rows), lambda: (
-            np.full((rows, k4), 128, dtype=np.uint8), np.zeros(rows, np.float32),
-            np.empty(rows * n_panels * _vnni.PANEL, np.int32)))
+        rows = -(-n_b // _int8_simd.ROW_TILE) * _int8_simd.ROW_TILE if n_b > 1 else 1
+        xu, sx, acc = _workspace(w, (flavour, rows), lambda: (
+            _simd_activations(flavour, rows, k4), np.zeros(rows, np.float32),
+            np.empty(rows * n_panels * _int8_simd.PANEL, np.int32)))
         if n_b == 1:
-            _vnni.gemv(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
+            _int8_simd.gemv(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
         else:
-            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], 128)
-            _vnni.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
+            off = 128 if xu.dtype == np.uint8 else 0
+            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], off)
+            _int8_simd.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
     else:
         xq, sx = _workspace(w, ("portable", n_b), lambda: (
             np.empty((n_b, w.shape[1]), np.int8), np.empty(n_b, np.float32)))
@@ -704,18 +730,25 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, vnni=None):
     return y[0] if squeeze else y
 
 
-def _int8_gemv_vnni(w: Int8Weight, x, bias32, y):
-    """Batch 1, float32, VNNI: one kernel call (quantize, multiply, dequantize) on cached buffers."""
-    work = w.__dict__.get("_gemv")
-    if work is None:
-        from . import _vnni
+def _int8_gemv_simd(w: Int8Weight, flavour, x, bias32, y, cache):
+    """Batch 1, float32, SIMD kernel: one kernel call (quantize, multiply, dequantize) on buffers kept with ``w``.
+
+    With ``cache`` (the default kernel was asked for), the buffers and the compiled
+    kernel are also stored as ``w._gemv`` for the short path in :func:`int8_linear`.
+    """
+    def make():
+        from . import _int8_simd
 
         wp, n_panels, n_quads = _int8_packed(w)
-        xu = np.full(4 * n_quads, 128, dtype=np.uint8)
+        xu = _simd_activations(flavour, 1, 4 * n_quads)[0]
         # (input shape, compiled kernel, then its arguments between x and y with an empty bias): read by the
         # short path in int8_linear, which passes them as they are
-        work = w._gemv = ((w.shape[1],), _vnni.gemv.compiled(), xu, wp, n_panels, n_quads, w.row_sums,
-                          np.zeros(1, np.float32), w.scales, _bias(None, w), np.empty(n_panels * _vnni.PANEL, np.int32))
+        return ((w.shape[1],), _int8_simd.gemv.compiled(), xu, wp, n_panels, n_quads, w.row_sums,
+                np.zeros(1, np.float32), w.scales, _bias(None, w), np.empty(n_panels * _int8_simd.PANEL, np.int32))
+
+    work = _workspace(w, ("gemv", flavour), make)
+    if cache:
+        w._gemv = work
     _, gemv, xu, wp, n_panels, n_quads, row_sums, sx, scales, _, acc = work
     gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, scales, bias32, acc, y)
     return y
