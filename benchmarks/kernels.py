@@ -504,8 +504,9 @@ def markdown(info, layers, int8, lenet, command, load, switch=None):
         out += [f"## Where the weights live: batch 1, CSR {switch['sparsity']:.0%} and int8 vs dense", "",
                 "Warm: the same product repeated, its arrays in cache (as in the tables above). Cold: right after",
                 "streaming 256 MB, so the weights come from DRAM. Memory-bound kernels run at the speed of",
-                "wherever their bytes are; the ratio moves with it. A 16 MB int8 or CSR weight can stay in a",
-                "32 MB L3 where the 64 MB float32 one cannot, so the warm ratio can beat the bytes ratio.", "",
+                "wherever their bytes are; the ratio moves with it. A 16 MB int8 or CSR weight can stay in a large",
+                "last-level cache (32 MB on AMD EPYC Zen 3) where the 64 MB float32 one cannot, so the warm ratio",
+                "can beat the bytes ratio.", "",
                 "| | dense (us) | CSR (us) | CSR speed-up | int8 (us) | int8 speed-up |", "|---|---|---|---|---|---|",
                 *[f"| {name} | {switch['dense'][i]:.0f} | {switch['csr'][i]:.0f} | {switch['ratio'][i]:.2f}x | "
                   f"{switch['int8'][i]:.0f} | {switch['int8_ratio'][i]:.2f}x |" for i, name in enumerate(("warm", "cold"))],
