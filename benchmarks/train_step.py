@@ -6,8 +6,10 @@ Both frameworks get the same model, the same initial weights, the same batch and
 the same number of threads. Each framework runs in its own worker process (two
 OpenMP runtimes in one process share, and fight over, one thread pool); the parent
 makes them take turns in short blocks, so both see the same machine load, and
-compares the medians. The first step of each block, which pays for the hand-over,
-is not counted. Prints one line per model with the ratio prunekit / torch (below 1
+compares the medians. Between blocks the parent waits ``--settle`` seconds: thread
+pools keep spinning after their last job (OpenBLAS for about 0.1 s), and without the
+pause the next block would share the cores with the other framework's spinning
+threads. The first step of each block, which pays for the hand-over, is not counted. Prints one line per model with the ratio prunekit / torch (below 1
 means prunekit is faster), after checking that both start from the same loss.
 """
 from __future__ import annotations
@@ -140,7 +142,7 @@ class Worker:
         self.proc.wait()
 
 
-def bench(model_name, batch, threads, reps, block=8):
+def bench(model_name, batch, threads, reps, block=32, settle=0.25):
     import numpy as np
 
     pk_w, t_w = Worker("prunekit", model_name, batch, threads), Worker("torch", model_name, batch, threads)
@@ -152,7 +154,9 @@ def bench(model_name, batch, threads, reps, block=8):
         pk_w.ask(10), t_w.ask(10)  # warm up: numba compilation, allocators, caches
         tp, tt = [], []
         for _ in range(max(1, reps // (block - 1))):
+            time.sleep(settle)  # the other worker's threads stop spinning
             tp += pk_w.ask(block)[1:]
+            time.sleep(settle)
             tt += t_w.ask(block)[1:]
     finally:
         pk_w.close(), t_w.close()
@@ -166,6 +170,10 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="threads for BLAS, numba and torch alike (default: all cores)")
+    ap.add_argument("--block", type=int, default=32,
+                    help="steps per turn (the first is not counted; short turns never reach the steady state)")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds to wait between blocks, so that no thread pool still spins (default 0.25)")
     ap.add_argument("--worker", choices=("prunekit", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -177,9 +185,10 @@ def main():
         print("train_step.py: PyTorch is not installed (pip install -e '.[bench]'); skipping.")
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; batch {args.batch}; "
-          f"{args.threads} thread(s) per framework; medians of {args.reps} steps")
+          f"{args.threads} thread(s) per framework; medians of {args.reps} steps; turns of {args.block} steps, "
+          f"{args.settle} s apart")
     for name in MODELS:
-        info, mp, mt = bench(name, args.batch, args.threads, args.reps)
+        info, mp, mt = bench(name, args.batch, args.threads, args.reps, block=args.block, settle=args.settle)
         print(f"{name:<16} prunekit {mp:8.3f} ms   torch {mt:8.3f} ms   ratio {mp / mt:5.2f}x")
     print(f"versions: {info}")
 
