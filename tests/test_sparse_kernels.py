@@ -256,6 +256,58 @@ def test_int8_kernel_argument_is_checked():
     q = Int8Weight.from_dense(np.ones((3, 4), np.float32))
     with pytest.raises(ValueError, match="'kernel'.*portable"):
         kernels.int8_linear(q, np.ones(4, np.float32), kernel="avx9000")
+    for missing in {"vnni", "avx2"} - set(int8_modes):  # asking for what this CPU lacks is an error, not a fallback
+        with pytest.raises(ValueError, match="'kernel'"):
+            kernels.int8_linear(q, np.ones(4, np.float32), kernel=missing)
+        with pytest.raises(ValueError, match="'kernel'"):
+            kernels.int8_matmul_int32(np.ones((1, 4), np.int8), q, kernel=missing)
+
+
+@pytest.mark.parametrize("kernel", int8_modes)
+def test_int8_kernel_choice_reaches_its_kernel(kernel):
+    """Each flavour keeps its own scratch (uint8 activations for VNNI, int8 for AVX2): proof that it ran,
+    since all flavours give identical numbers."""
+    rng = np.random.default_rng(7)
+    q = Int8Weight.from_dense(rng.standard_normal((20, 30)).astype(np.float32))
+    kernels.int8_linear(q, rng.standard_normal(30).astype(np.float32), kernel=kernel)
+    kernels.int8_linear(q, rng.standard_normal((3, 30)).astype(np.float32), kernel=kernel)
+    work = q.__dict__.get("_work", {})
+    if kernel == "portable":
+        assert set(work) == {("portable", 1), ("portable", 3)}
+    else:
+        want = np.uint8 if kernel == "vnni" else np.int8
+        assert set(work) == {("gemv", kernel), (kernel, 4)}
+        assert work[("gemv", kernel)][2].dtype == want and work[(kernel, 4)][0].dtype == want
+    assert "_gemv" not in q.__dict__  # an explicit kernel never installs the default short path
+
+
+@pytest.mark.parametrize("kernel", int8_modes)
+def test_int8_empty_batch(kernel):
+    q = Int8Weight.from_dense(np.ones((3, 5), np.float32))
+    assert kernels.int8_matmul_int32(np.ones((0, 5), np.int8), q, kernel=kernel).shape == (0, 3)
+    assert kernels.int8_linear(q, np.ones((0, 5), np.float32), kernel=kernel).shape == (0, 3)
+
+
+def test_int8_default_short_path_is_correct_and_keeps_no_state():
+    """kernel=None at batch 1 (float32, no bias) takes the short path straight to the compiled kernel once
+    the first call has set it up; mixing it with bias, out=, explicit kernels and batches must not leak."""
+    rng = np.random.default_rng(8)
+    q = Int8Weight.from_dense(rng.standard_normal((70, 130)).astype(np.float32))
+    b = rng.standard_normal(70).astype(np.float32)
+    out = np.empty(70, np.float32)
+    for step in range(12):
+        x = (rng.choice([0.0, 1e-3, 1.0, 50.0]) * rng.standard_normal(130)).astype(np.float32)
+        bias = b if step % 3 == 0 else None
+        kernel = None if step % 2 == 0 else int8_modes[step % len(int8_modes)]
+        ref = kernels.int8_linear_reference(q, x, bias)
+        y = kernels.int8_linear(q, x, bias=bias, kernel=kernel)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+        assert kernels.int8_linear(q, x, bias=bias, out=out, kernel=kernel) is out
+        np.testing.assert_array_equal(out, y)
+        if step == 0 and int8_modes[0] != "portable":
+            assert q._gemv[0] == (130,)  # the short path is installed by the first default call
+        if step % 5 == 0:
+            kernels.int8_linear(q, rng.standard_normal((3, 130)).astype(np.float32))
 
 
 @pytest.mark.parametrize("kernel", int8_modes)
@@ -265,7 +317,7 @@ def test_int8_batch1_reuses_its_buffers_without_leaking_state(kernel):
     q = Int8Weight.from_dense(rng.standard_normal((70, 130)).astype(np.float32))
     b = rng.standard_normal(70).astype(np.float32)
     out = np.empty(70, np.float32)
-    for bias in (b, None, b, None):  # after the first call, bias=None takes the short path
+    for bias in (b, None, b, None):
         for scale in (1.0, 1e-3, 0.0, 50.0):  # 0.0: an all-zero input (scale 0) must give exactly the bias
             x = (scale * rng.standard_normal(130)).astype(np.float32)
             y = kernels.int8_linear(q, x, bias=bias, out=out, kernel=kernel)

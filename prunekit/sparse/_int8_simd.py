@@ -1,8 +1,8 @@
 """int8 matrix products with x86 integer dot-product instructions.
 
 This module imports numba at the top, so it is only imported (by
-:mod:`prunekit.sparse.kernels`) the first time an int8 product runs on a CPU
-that has AVX2 or AVX-512 VNNI. ``import prunekit`` never touches it.
+:mod:`prunekit.sparse.kernels`) the first time an int8 product runs or
+``int8_kernels()`` asks what the CPU has. ``import prunekit`` never touches it.
 
 Why explicit instructions?
 --------------------------
@@ -21,9 +21,13 @@ sequences do:
   add. ``vpmaddubsw`` saturates at 32767, and 255 * 127 * 2 does not fit, so
   the unsigned operand must stay below 128. The *sign trick* makes that exact:
   ``x * w = |x| * (sign(x) w)``, and ``vpsignb`` applies the sign of the
-  activation to the weight; with ``|x| <= 127`` the pair sum is at most
-  2 * 127 * 127 = 32258. Four instructions for 32 multiply-adds, still four
-  times the multiply-adds per instruction of float32 FMA on 8 lanes.
+  activation to the weight; ``|x| <= 128`` and ``|w| <= 127`` keep each pair
+  sum within 2 * 128 * 127 = 32512. (It needs ``w != -128``, whose negation
+  does not fit in int8; :class:`~prunekit.sparse.Int8Weight` never holds -128.)
+  Four instructions for 32 multiply-adds: no more per instruction than a
+  float32 FMA on 8 lanes, so at batch 64 (compute-bound) AVX2 int8 only
+  edges out float32 BLAS; at batch 1 (memory-bound) it wins by moving a
+  quarter of the bytes.
 
 The same story as 2:4 sparsity: a format pays only where the hardware has an
 instruction for it.
@@ -223,9 +227,9 @@ def _avx2_dot(builder, acc, x, w):
         idx = ir.Constant(_I32x8, list(range(8 * h, 8 * h + 8)))
         xh = builder.bitcast(builder.shuffle_vector(x, ir.Constant(_VEC, ir.Undefined), idx), _I8x32)
         wh = builder.bitcast(builder.shuffle_vector(w, ir.Constant(_VEC, ir.Undefined), idx), _I8x32)
-        ax = _call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xh, xh])  # |x| (x >= -127)
+        ax = _call(builder, "llvm.x86.avx2.psign.b", _I8x32, [xh, xh])  # |x|, read as unsigned (-128 -> 128)
         sw = _call(builder, "llvm.x86.avx2.psign.b", _I8x32, [wh, xh])  # sign(x) * w, 0 where x == 0
-        p16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [ax, sw])  # <= 2 * 127 * 127: exact
+        p16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, [ax, sw])  # |pair| <= 2 * 128 * 127: exact
         halves.append(_call(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, [p16, ones]))
     both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VEC, list(range(16))))
     return builder.add(acc, both)
@@ -289,7 +293,7 @@ def _dequant_lanes(acc, a0, off, row_sums, sxb, sw, bias, has_bias, yb, o0, n_ou
     for j in range(PANEL):
         o = o0 + j
         if o < n_out:
-            r = np.float32(acc[a0 + j] - off * row_sums[o]) * (sxb * sw[o])
+            r = np.float32(np.int32(acc[a0 + j] - off * row_sums[o])) * (sxb * sw[o])  # int32 wraparound, as acc
             if has_bias:
                 r += bias[o]
             yb[o] = r
@@ -300,7 +304,7 @@ def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     """y = dequant(xu @ wq.T) for B = y.shape[0] rows; xu is (Bp * k4,) uint8 (VNNI) or int8 (AVX2), Bp a multiple of 2.
 
     One task = 2 activation rows x 1 group of 4 panels (64 outputs): 8 accumulator
-    registers; per 4 k, 4 weight loads, 2 broadcasts, 8 vpdpbusd. Consecutive
+    registers; per 4 k, 4 weight loads, 2 broadcasts, 8 vdot. Consecutive
     tasks share a group, so its 256 KB of weights stay in L2 while the rows go by.
     ``acc`` is int32 scratch (Bp * 16 * n_panels). With int8 ``xu`` (AVX2) the
     8 accumulators fill all 16 AVX2 registers, so some live in L1 instead.
@@ -360,10 +364,10 @@ def gemm(xu, k4, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
 def gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     """y = dequant(wq @ quant(x)) for one float32 activation row ``x``, in one call.
 
-    First (one thread, about a microsecond) ``x`` is quantized into the uint8
-    scratch ``xu`` (length 4 * n_quads; uint8 for VNNI, int8 for AVX2) and its scale ``sx[0]``; then one task =
-    1 group (64 outputs): per 4 k, 1 broadcast, 4 weight loads from one
-    sequential stream, 4 vpdpbusd. At batch 1 every weight byte is used once, so
+    First (one thread, about a microsecond) ``x`` is quantized into the scratch
+    ``xu`` (length 4 * n_quads; uint8 for VNNI, int8 for AVX2) and its scale
+    ``sx[0]``; then one task = 1 group (64 outputs): per 4 k, 1 broadcast,
+    4 weight loads from one sequential stream, 4 vdot. At batch 1 every weight byte is used once, so
     this runs at memory speed, and a separate quantization call would cost more
     than the quantization itself.
     """

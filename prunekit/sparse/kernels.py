@@ -596,7 +596,9 @@ def int8_kernels() -> tuple:
 
     ``"vnni"``: AVX-512 VNNI ``vpdpbusd``; ``"avx2"``: ``vpmaddubsw`` with the sign
     trick; ``"portable"``: plain numba loops (any CPU). ``kernel=None`` in
-    :func:`int8_linear` takes the first.
+    :func:`int8_linear` takes the first. Environment switches, read once:
+    ``PRUNEKIT_NO_VNNI=1`` leaves out ``"vnni"`` (AVX2 then runs on a VNNI CPU),
+    ``PRUNEKIT_NO_INT8_SIMD=1`` leaves only ``"portable"``.
     """
     global _INT8_KERNELS
     if _INT8_KERNELS is None:
@@ -667,7 +669,7 @@ def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
         xu[:, : w.shape[1]] = xq.astype(np.int16) + (128 if xu.dtype == np.uint8 else 0)
         acc = np.zeros(n_b * n_panels * _int8_simd.PANEL, dtype=np.int32)
         _int8_simd.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
-        return acc.reshape(n_b, -1)[:, : w.shape[0]].copy()
+        return acc.reshape(n_b, n_panels * _int8_simd.PANEL)[:, : w.shape[0]].copy()
     out = np.empty((n_b, w.shape[0]), dtype=np.int32)
     int8_matmul_int32_kernel(np.ascontiguousarray(xq), w.q, out)
     return out
