@@ -1,6 +1,6 @@
 """Time one SGD training step (forward, backward, update) of prunekit against PyTorch CPU.
 
-    python benchmarks/train_step.py [--reps 200] [--batch 128] [--threads N]
+    python benchmarks/train_step.py [--reps 200] [--batch 128] [--threads N] [--block 32] [--settle 0.25]
 
 Both frameworks get the same model, the same initial weights, the same batch and
 the same number of threads. Each framework runs in its own worker process (two
@@ -142,6 +142,11 @@ class Worker:
         self.proc.wait()
 
 
+def timed_steps(reps, block):
+    """Steps actually timed for ``reps`` asked: whole turns of ``block`` steps, the first of each dropped."""
+    return max(1, -(-reps // (block - 1))) * (block - 1)
+
+
 def bench(model_name, batch, threads, reps, block=32, settle=0.25):
     import numpy as np
 
@@ -153,7 +158,7 @@ def bench(model_name, batch, threads, reps, block=32, settle=0.25):
             raise AssertionError(f"{model_name}: the two models differ (first loss {first_pk} vs {first_t})")
         pk_w.ask(10), t_w.ask(10)  # warm up: numba compilation, allocators, caches
         tp, tt = [], []
-        for _ in range(max(1, reps // (block - 1))):
+        for _ in range(timed_steps(reps, block) // (block - 1)):
             time.sleep(settle)  # the other worker's threads stop spinning
             tp += pk_w.ask(block)[1:]
             time.sleep(settle)
@@ -177,6 +182,10 @@ def main():
     ap.add_argument("--worker", choices=("prunekit", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.block < 2:
+        ap.error(f"--block must be at least 2 (the first step of each turn is not counted), got {args.block}")
+    if args.settle < 0 or args.reps < 1:
+        ap.error("--settle must be >= 0 and --reps >= 1")
     if args.worker:
         return worker(args.worker, args.model, args.batch, args.threads)
     try:
@@ -185,7 +194,8 @@ def main():
         print("train_step.py: PyTorch is not installed (pip install -e '.[bench]'); skipping.")
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; batch {args.batch}; "
-          f"{args.threads} thread(s) per framework; medians of {args.reps} steps; turns of {args.block} steps, "
+          f"{args.threads} thread(s) per framework; medians of {timed_steps(args.reps, args.block)} steps; "
+          f"turns of {args.block} steps, "
           f"{args.settle} s apart")
     for name in MODELS:
         info, mp, mt = bench(name, args.batch, args.threads, args.reps, block=args.block, settle=args.settle)
