@@ -76,6 +76,42 @@ def test_to_sparse_keeps_structure_and_fuses(lenet95):
     np.testing.assert_allclose(fast(x).data, unfused(x).data, rtol=1e-5, atol=1e-6)
 
 
+def test_whole_chain_shortcut_matches_the_general_path_and_keeps_its_checks(lenet95):
+    """A model that is one fused chain takes a shortcut from __call__ to the kernel for small float32 batches;
+    everything else (and every bad input) goes the general way, with the same results and errors."""
+    from prunekit.sparse.modules import _RunsOnArrays
+
+    fast = to_sparse(lenet95)
+    assert fast._whole is fast._segments[0][1]
+    rng = np.random.default_rng(3)
+    with no_grad():
+        for x in (rng.standard_normal((1, 784)).astype(np.float32),               # shortcut
+                  rng.standard_normal((8, 784)).astype(np.float32),               # shortcut (fuse_max_batch)
+                  rng.standard_normal((9, 784)).astype(np.float32),               # layer by layer
+                  rng.standard_normal((784, 3)).astype(np.float32).T,             # strided: a contiguous copy
+                  rng.standard_normal((2, 784))):                                 # float64
+            y, y_general = fast(Tensor(x)), _RunsOnArrays.__call__(fast, Tensor(x))
+            np.testing.assert_allclose(y.data, y_general.data, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(y.data, dense_out(lenet95, x), rtol=1e-5, atol=1e-5)
+            assert y.data.dtype == np.float32 and not y.requires_grad
+        a, b = fast(Tensor(x[:1].astype(np.float32))), fast(Tensor(x[:1].astype(np.float32)))
+        assert a.data is not b.data  # a fresh output every call
+        fast._whole.run = None  # the shortcut does not go through FusedChain.run ...
+        fast(Tensor(np.ones((1, 784), np.float32)))
+        with pytest.raises(TypeError):  # ... and the general path does
+            fast(Tensor(np.ones((1, 784))))
+        del fast._whole.run
+        with pytest.raises(ValueError, match="784"):
+            fast(Tensor(np.ones((1, 783), np.float32)))
+    with pytest.raises(ValueError, match="requires_grad"):
+        fast(Tensor(np.ones((1, 784), np.float32), requires_grad=True))
+    # a chain that does not cover the whole model: no shortcut, the general path
+    partial = to_sparse(nn.Sequential(*lenet95, nn.Tanh()))
+    assert list(partial._segments) == [0] and partial._whole is None
+    x = rng.standard_normal((1, 784)).astype(np.float32)
+    np.testing.assert_allclose(partial(x).data, np.tanh(dense_out(lenet95, x)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "bsr", "nm", "auto"])
 def test_formats_equal_dense(fmt):
     model = pk.models.mlp([64, 32, 16], seed=1)

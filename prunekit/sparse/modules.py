@@ -221,6 +221,13 @@ class FusedChain:
         self.nnz = n_csr + sum(w.size for w, _, _ in layers if isinstance(w, np.ndarray))
         simd = kernels._simd_module(dtype)
         self._kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
+        self._compiled = None
+
+    def compiled_kernel(self):
+        """The compiled numba kernel (compiled on first use); it trusts its arguments: see :meth:`run`."""
+        if self._compiled is None:
+            self._compiled = self._kernel.compiled()
+        return self._compiled
 
     def run(self, a, out=None):
         """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch).
@@ -296,6 +303,23 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
             else:
                 i += 1
         object.__setattr__(self, "_segments", segments)
+        whole = segments.get(0)
+        # one chain covering every child: __call__ can go straight to its kernel
+        object.__setattr__(self, "_whole", whole[1] if whole is not None and whole[0] == len(mods) else None)
+
+    def __call__(self, x):
+        chain = self._whole
+        if chain is not None and type(x) is Tensor and not self.training:
+            a = x.data
+            if (type(a) is np.ndarray and a.ndim == 2 and a.shape[0] <= self.fuse_max_batch
+                    and a.shape[1] == chain.in_features and a.dtype == chain.dtype and a.flags.c_contiguous
+                    and not (x.requires_grad and is_grad_enabled())):
+                # the batch-1 inference call, ruled by overhead: the same checks as the general path
+                # (run -> FusedChain.run), done once, then the compiled kernel
+                out = np.empty((a.shape[0], chain.out_features), chain.dtype)
+                chain.compiled_kernel()(a, chain.vals, chain.cols, chain.meta, chain.work, out)
+                return Tensor(out)
+        return super().__call__(x)
 
     def run(self, a):
         """ndarray in, ndarray out: fused runs at small batch, the children one by one otherwise."""
