@@ -413,8 +413,10 @@ def bench_lenet(rounds, sparsity=0.95, seed=0):
             np.testing.assert_allclose(fast(xt).data, model(xt).data, rtol=1e-4, atol=1e-5)
             cands = {"dense": lambda: model(xt), "numpy": lambda: npf(x), "to_sparse": lambda: fast(xt),
                      "to_sparse_unfused": lambda: unfused(xt)}
-            t, load = quiet_run(lambda: interleaved(cands, rounds if batch == 1 else max(rounds // 10, 10),
-                                                    block=200 if batch == 1 else 20, settle=0.05),
+            # batch 1: many short rounds, so that every candidate samples the machine's slow and fast spells
+            # alike (a shared VM's speed can change by a third for seconds at a time)
+            t, load = quiet_run(lambda: interleaved(cands, 3 * rounds if batch == 1 else max(rounds // 10, 10),
+                                                    block=60 if batch == 1 else 20, settle=0.02),
                                 f"LeNet batch {batch}")
         row = {"batch": batch, **{f"{k}_us": v * 1e6 for k, v in t.items()},
                **{f"{k}_p10_us": v.p10 * 1e6 for k, v in t.items()},
