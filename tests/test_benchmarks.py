@@ -1,0 +1,74 @@
+"""The benchmark harnesses in benchmarks/: their bookkeeping, not their timings (those live in BENCHMARKS.md)."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return load("kernels")
+
+
+def test_interleaved_times_every_candidate_in_shuffled_rounds(kb):
+    calls = []
+    cands = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    t = kb.interleaved(cands, rounds=5, block=3, settle=0.0)
+    assert set(t) == set("abc")
+    assert all(isinstance(v, kb.Timing) and v >= 0 and v.p10 <= v for v in t.values())
+    # 2 warm-up calls each, then per round each candidate: its settle loop (0 s: no call) + 3 timed calls
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"] and len(calls) == 6 + 5 * 3 * 3
+    blocks = [calls[i:i + 3] for i in range(6, len(calls), 3)]
+    assert all(len(set(blk)) == 1 for blk in blocks)
+    orders = [tuple(blk[0] for blk in blocks[r * 3:(r + 1) * 3]) for r in range(5)]
+    assert all(sorted(o) == ["a", "b", "c"] for o in orders)  # every round visits every candidate once
+    assert len(set(orders)) > 1  # in a shuffled order
+
+
+def test_timing_and_ratio(kb):
+    a, b = kb.Timing([4.0, 4.0, 4.0, 8.0]), kb.Timing([1.0, 2.0, 2.0, 2.0])
+    assert float(a) == 4.0 and float(b) == 2.0
+    med, p10 = kb.ratio(a, b)
+    assert med == 2.0 and p10 == pytest.approx(a.p10 / b.p10)
+    assert kb._r((2.0, 3.0), 4.0) == "2.00x (3.00x) [4.0x]" and kb._r(None) == "-"
+
+
+def test_rows_format_every_field(kb):
+    r = {"batch": 1, "dense_us": 100.0, "dense_p10_us": 90.0, "int8": (5.0, 6.0), "limit": 4.0,
+         "int8_portable": (1.5, 1.4), "stream": (9.0, 8.0)}
+    line = kb.format_int8_row(r)
+    assert "int8 5.00x (6.00x) [4.0x]" in line and "portable int8 1.50x" in line and "stream" in line
+    del r["stream"], r["int8_portable"]
+    assert "portable" not in kb.format_int8_row(r)
+
+
+def test_train_step_counts_whole_turns_and_checks_its_options():
+    ts = load("train_step")
+    assert ts.timed_steps(300, 32) == 310 and ts.timed_steps(200, 8) == 203 and ts.timed_steps(1, 2) == 1
+    for reps, block in ((300, 32), (7, 3), (1, 50)):
+        n = ts.timed_steps(reps, block)
+        assert n >= reps and n % (block - 1) == 0
+    for bad in (["--block", "1"], ["--block", "0"], ["--settle", "-1"], ["--reps", "0"]):
+        p = subprocess.run([sys.executable, str(BENCH / "train_step.py"), *bad], capture_output=True, text=True)
+        assert p.returncode == 2 and "error" in p.stderr, (bad, p.stderr)
+
+
+def test_every_benchmark_documents_its_command():
+    for f in BENCH.glob("*.py"):
+        doc = f.read_text().split('"""')[1]
+        assert f"benchmarks/{f.name}" in doc, f"{f.name}: the docstring should say how to run it"
+    text = (BENCH / "BENCHMARKS.md").read_text()
+    for f in BENCH.glob("*.py"):
+        assert f"benchmarks/{f.name}" in text, f"BENCHMARKS.md does not mention {f.name}"
+    assert all((BENCH / link).exists() for link in ("BENCHMARKS_kernels.md", "BENCHMARKS_kernels_avx512.md"))
