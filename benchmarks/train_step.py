@@ -9,8 +9,9 @@ makes them take turns in short blocks, so both see the same machine load, and
 compares the medians. Between blocks the parent waits ``--settle`` seconds: thread
 pools keep spinning after their last job (OpenBLAS for about 0.1 s), and without the
 pause the next block would share the cores with the other framework's spinning
-threads. The first step of each block, which pays for the hand-over, is not counted. Prints one line per model with the ratio prunekit / torch (below 1
-means prunekit is faster), after checking that both start from the same loss.
+threads. The first step of each block, which pays for the hand-over, is not
+counted. Prints one line per model with the ratio prunekit / torch (below 1 means
+prunekit is faster), after checking that both start from the same loss.
 """
 from __future__ import annotations
 
@@ -195,8 +196,7 @@ def main():
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; batch {args.batch}; "
           f"{args.threads} thread(s) per framework; medians of {timed_steps(args.reps, args.block)} steps; "
-          f"turns of {args.block} steps, "
-          f"{args.settle} s apart")
+          f"turns of {args.block} steps, {args.settle} s apart")
     for name in MODELS:
         info, mp, mt = bench(name, args.batch, args.threads, args.reps, block=args.block, settle=args.settle)
         print(f"{name:<16} prunekit {mp:8.3f} ms   torch {mt:8.3f} ms   ratio {mp / mt:5.2f}x")

@@ -70,7 +70,7 @@ from numba.extending import intrinsic, models, register_model
 from .._jit import njit
 from .kernels import quantize_rows_rows
 
-__all__ = ["available", "pack_weights", "activation_dtype", "gemm", "gemv", "matmul_int32", "PANEL", "GROUP",
+__all__ = ["available", "pack_weights", "activation_format", "gemm", "gemv", "matmul_int32", "PANEL", "GROUP",
            "ROW_TILE"]
 
 PANEL = 16  # output rows per packed panel (one int32 lane each)
@@ -168,9 +168,10 @@ class _QuadsModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
-def activation_dtype(flavour):
-    """The activation dtype that selects ``flavour`` ("vnni": uint8 shifted by 128, "avx2": int8)."""
-    return np.uint8 if flavour == "vnni" else np.int8
+def activation_format(flavour):
+    """``(dtype, offset)`` of the activations that select ``flavour``: uint8 shifted by 128 for "vnni",
+    int8 unshifted for "avx2". Inside the kernels, :func:`activation_offset` reads the same offset off the dtype."""
+    return (np.uint8, 128) if flavour == "vnni" else (np.int8, 0)
 
 
 def _quads_of(arr):
@@ -367,9 +368,9 @@ def gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, sw, bias, acc, y):
     First (one thread, about a microsecond) ``x`` is quantized into the scratch
     ``xu`` (length 4 * n_quads; uint8 for VNNI, int8 for AVX2) and its scale
     ``sx[0]``; then one task = 1 group (64 outputs): per 4 k, 1 broadcast,
-    4 weight loads from one sequential stream, 4 vdot. At batch 1 every weight byte is used once, so
-    this runs at memory speed, and a separate quantization call would cost more
-    than the quantization itself.
+    4 weight loads from one sequential stream, 4 vdot. At batch 1 every weight
+    byte is used once, so this runs at memory speed, and a separate quantization
+    call would cost more than the quantization itself.
     """
     off = activation_offset(xu)
     quantize_rows_rows(0, 1, x.reshape(1, x.shape[0]), xu.reshape(1, xu.shape[0]), sx, off)

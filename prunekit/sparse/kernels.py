@@ -648,8 +648,8 @@ def _simd_activations(flavour, rows, k4):
     """Zeroed activation scratch for the SIMD kernels: uint8 holding 128 (= int8 0 shifted) for VNNI, int8 0 for AVX2."""
     from . import _int8_simd
 
-    dtype = _int8_simd.activation_dtype(flavour)
-    return np.full((rows, k4), 128 if dtype == np.uint8 else 0, dtype=dtype)
+    dtype, offset = _int8_simd.activation_format(flavour)
+    return np.full((rows, k4), offset, dtype=dtype)
 
 
 def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
@@ -666,7 +666,7 @@ def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
 
         wp, n_panels, n_quads = _int8_packed(w)
         xu = _simd_activations(flavour, n_b, 4 * n_quads)
-        xu[:, : w.shape[1]] = xq.astype(np.int16) + (128 if xu.dtype == np.uint8 else 0)
+        xu[:, : w.shape[1]] = xq.astype(np.int16) + _int8_simd.activation_format(flavour)[1]
         acc = np.zeros(n_b * n_panels * _int8_simd.PANEL, dtype=np.int32)
         _int8_simd.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
         return acc.reshape(n_b, n_panels * _int8_simd.PANEL)[:, : w.shape[0]].copy()
@@ -721,8 +721,8 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, kernel=None):
         if n_b == 1:
             _int8_simd.gemv(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
         else:
-            off = 128 if xu.dtype == np.uint8 else 0
-            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b], off)
+            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b],
+                 _int8_simd.activation_format(flavour)[1])
             _int8_simd.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
     else:
         xq, sx = _workspace(w, ("portable", n_b), lambda: (

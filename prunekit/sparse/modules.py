@@ -221,13 +221,6 @@ class FusedChain:
         self.nnz = n_csr + sum(w.size for w, _, _ in layers if isinstance(w, np.ndarray))
         simd = kernels._simd_module(dtype)
         self._kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
-        self._compiled = None
-
-    def compiled_kernel(self):
-        """The compiled numba kernel (compiled on first use); it trusts its arguments: see :meth:`run`."""
-        if self._compiled is None:
-            self._compiled = self._kernel.compiled()
-        return self._compiled
 
     def run(self, a, out=None):
         """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch).
@@ -317,7 +310,7 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
                 # the batch-1 inference call, ruled by overhead: the same checks as the general path
                 # (run -> FusedChain.run), done once, then the compiled kernel
                 out = np.empty((a.shape[0], chain.out_features), chain.dtype)
-                chain.compiled_kernel()(a, chain.vals, chain.cols, chain.meta, chain.work, out)
+                chain._kernel.compiled()(a, chain.vals, chain.cols, chain.meta, chain.work, out)
                 return Tensor(out)
         return super().__call__(x)
 
