@@ -17,15 +17,17 @@ from __future__ import annotations
 import importlib
 
 from . import functional, models, nn, optim, tensor, train
+from ._backend import backend, get_backend, set_backend
 from .tensor import Tensor, gradcheck, no_grad
 from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "pruning", "sparse", "quant", "distributed", "viz", "widgets")
+# Subpackages imported on first access (each must exist: `from prunekit import *` imports them all).
+_LAZY = ("data", "pruning", "sparse", "viz", "widgets")
 
-__all__ = ["Tensor", "no_grad", "gradcheck", "fit", "evaluate", "tensor", "functional", "nn", "optim",
-           "models", "train", *_LAZY, "__version__"]
+__all__ = ["Tensor", "no_grad", "gradcheck", "fit", "evaluate", "get_backend", "set_backend", "backend",
+           "tensor", "functional", "nn", "optim", "models", "train", *_LAZY, "__version__"]
 
 
 def __getattr__(name):

@@ -17,15 +17,30 @@ Two conveniences make kernels readable as plain Python:
   is compiled first and handed to numba as a compiled dispatcher.
 
 ``kernel.py_func`` is the uncompiled function (useful in tests and debugging).
+
+Backends (:mod:`prunekit._backend`): under the ``"numpy"`` backend a kernel is
+never compiled. A kernel declared with ``@njit(reference=f)`` then calls ``f``
+with the same arguments (``f`` is its NumPy reference, written to the kernel's
+signature); any other kernel refuses to run, so an op that forgot its NumPy path
+fails loudly instead of importing numba behind the learner's back.
+
+Serial or parallel: ``kernel.for_work(n)`` is the kernel itself for ``n`` units of
+work or more (``PARALLEL_MIN_WORK``) and its single-thread twin below that.
 """
 from __future__ import annotations
 
 import os
 import threading
 
-__all__ = ["njit"]
+from . import _backend
+
+__all__ = ["njit", "LazyKernel", "PARALLEL_MIN_WORK"]
 
 _LOCK = threading.RLock()
+
+PARALLEL_MIN_WORK = 1 << 16
+"""Below this many elements (or multiply-adds) a kernel runs on one thread: waking the
+worker threads would cost more than the loop (tens of microseconds, far more on a busy machine)."""
 
 
 def _quiet_idle_threads():
@@ -45,8 +60,9 @@ def _quiet_idle_threads():
 class LazyKernel:
     """A function compiled by numba the first time it is called."""
 
-    def __init__(self, py_func, options):
+    def __init__(self, py_func, options, reference=None):
         self.py_func = py_func
+        self.reference = reference
         self.options = {"cache": True, **options}
         self._dispatcher = None
         self._serial = None
@@ -59,6 +75,10 @@ class LazyKernel:
     def compiled(self):
         """Return the numba dispatcher, compiling on first use."""
         if self._dispatcher is None:
+            if not _backend.use_numba():
+                raise RuntimeError(
+                    f"{self.__qualname__}: this numba kernel was called under the 'numpy' backend, which never "
+                    f"compiles kernels; the op that called it lacks its NumPy path (a prunekit bug).")
             with _LOCK:
                 if self._dispatcher is None:
                     _quiet_idle_threads()
@@ -93,13 +113,23 @@ class LazyKernel:
             twin.__qualname__ = f.__qualname__ + "_serial"
             twin.__module__ = f.__module__
             twin.__doc__ = f.__doc__
-            self._serial = LazyKernel(twin, {**self.options, "parallel": False})
+            self._serial = LazyKernel(twin, {**self.options, "parallel": False}, self.reference)
         return self._serial
+
+    def for_work(self, work) -> "LazyKernel":
+        """This kernel for ``work >= PARALLEL_MIN_WORK``, its single-thread twin below."""
+        return self if work >= PARALLEL_MIN_WORK else self.serial
 
     def __call__(self, *args):
         d = self._dispatcher
         if d is None:
+            if self.reference is not None and not _backend.use_numba():
+                return self.reference(*args)
             d = self.compiled()
+        elif _backend._current == "numpy":  # compiled earlier, but the learner switched to the references
+            if self.reference is None:
+                self.compiled()  # raises the error above
+            return self.reference(*args)
         return d(*args)
 
     def __repr__(self):
@@ -107,8 +137,12 @@ class LazyKernel:
         return f"<numba kernel {self.__qualname__} ({state})>"
 
 
-def njit(func=None, **options):
-    """Decorator: like ``numba.njit(cache=True, **options)`` but compiled lazily."""
+def njit(func=None, *, reference=None, **options):
+    """Decorator: like ``numba.njit(cache=True, **options)`` but compiled lazily.
+
+    ``reference``: the NumPy function with the kernel's signature that runs instead
+    under the ``"numpy"`` backend.
+    """
     if func is not None and callable(func):
-        return LazyKernel(func, options)
-    return lambda f: LazyKernel(f, options)
+        return LazyKernel(func, options, reference)
+    return lambda f: LazyKernel(f, options, reference)

@@ -1,0 +1,136 @@
+"""The one place that turns what a user passes as data or loss into what the loops need.
+
+Every function that takes data (``fit``, ``evaluate``, the data-hungry scores, the
+pruning schedules, lottery tickets, the sensitivity scan, the widgets, the
+distributed trainer, calibration) accepts the same forms, through :func:`batches`:
+
+* a :class:`prunekit.data.DataLoader` (or any iterable of ``(x, y)`` batches);
+* an ``(x, y)`` pair of arrays, cut into batches of ``batch_size`` (default
+  :data:`DEFAULT_BATCH_SIZE`) in order;
+* a dataset: any object with ``__len__`` and ``__getitem__(i) -> (x_i, y_i)``, as
+  PyTorch's map-style datasets are.
+
+and every function that takes a loss accepts a name from :data:`LOSSES` or a
+callable ``(prediction Tensor, target array) -> scalar Tensor``, through :func:`get_loss`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from ._validate import fail
+from .tensor import Tensor
+
+__all__ = ["DEFAULT_BATCH_SIZE", "LOSSES", "batches", "as_pair", "get_loss", "is_classification"]
+
+DEFAULT_BATCH_SIZE = 256
+"""Samples per batch when the data comes as arrays (evaluation, scores, calibration)."""
+
+
+def _mse(pred, target):
+    """Mean squared error that accepts (N,) targets for an (N, 1) prediction."""
+    target = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if target.shape != pred.shape and target.size == pred.size:
+        target = target.reshape(pred.shape)
+    return F.mse_loss(pred, target.astype(pred.dtype, copy=False))
+
+
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": _mse}
+"""Loss names every function accepts; ``"cross_entropy"`` also makes accuracy meaningful."""
+
+
+def get_loss(loss, where="loss"):
+    """A loss name or callable -> the callable ``(pred Tensor, target) -> scalar Tensor``.
+
+    ``where`` names the caller and argument in the error, e.g. ``"fit(): loss"``.
+    """
+    if callable(loss):
+        return loss
+    if isinstance(loss, str) and loss in LOSSES:
+        return LOSSES[loss]
+    raise ValueError(f"{where} must be one of {sorted(LOSSES)} or a callable (pred, target) -> Tensor, "
+                     f"got {loss!r}.")
+
+
+def is_classification(loss) -> bool:
+    """True for cross-entropy, whose outputs are class scores (so accuracy is tracked)."""
+    return loss == "cross_entropy" or loss is F.cross_entropy
+
+
+def _is_array(a):
+    return isinstance(a, np.ndarray) or (hasattr(a, "__array__") and not isinstance(a, (tuple, list, dict)))
+
+
+def _is_dataset(data):
+    return hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(data, (tuple, list, dict))
+
+
+def as_pair(data, where="data"):
+    """``(x, y)`` arrays if ``data`` is an ``(x, y)`` pair or a dataset, else None (a loader)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and _is_array(data[0]):
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"{where} must be an (x, y) pair with as many targets as inputs, "
+                             f"got {len(x)} inputs and {len(y)} targets.")
+        return x, y
+    if _is_dataset(data) and not hasattr(data, "batch_size") and not _is_array(data):
+        n = len(data)
+        if n == 0:
+            return np.empty((0,)), np.empty((0,))
+        items = [data[i] for i in range(n)]
+        if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items[:1]):
+            raise TypeError(f"{where}: a dataset's __getitem__ must return an (x, y) pair, "
+                            f"got {type(items[0]).__name__}.")
+        return np.stack([np.asarray(it[0]) for it in items]), np.asarray([it[1] for it in items])
+    return None
+
+
+class _ArrayBatches:
+    """Re-iterable batches of an ``(x, y)`` pair, in order; ``len()`` is the number of batches."""
+
+    def __init__(self, x, y, batch_size):
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        b = self.batch_size
+        for i in range(0, len(self.x), b):
+            yield self.x[i:i + b], self.y[i:i + b]
+
+
+class _CheckedBatches:
+    """An iterable of batches whose items are checked to be ``(x, y)`` pairs as they come."""
+
+    def __init__(self, data, where):
+        self.data, self.where = data, where
+
+    def __len__(self):
+        return len(self.data)
+
+    def __iter__(self):
+        for item in self.data:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(f"{self.where} must yield (x, y) batches, got an item of type "
+                                f"{type(item).__name__}.")
+            yield item
+
+
+def batches(data, batch_size=None, where="data"):
+    """Any accepted data form -> a re-iterable of ``(x, y)`` batches (see the module docstring).
+
+    ``batch_size`` applies only to arrays and datasets (a DataLoader keeps its own);
+    None means :data:`DEFAULT_BATCH_SIZE`. ``where`` names the caller and argument in
+    errors, e.g. ``"fit(): data"``.
+    """
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
+    pair = as_pair(data, where)
+    if pair is not None:
+        return _ArrayBatches(*pair, int(batch_size))
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"{where} must be a DataLoader, an (x, y) pair of arrays, a dataset "
+                        f"(__len__ and __getitem__ -> (x, y)) or an iterable of (x, y) batches, "
+                        f"got {type(data).__name__}.")
+    return _CheckedBatches(data, where)
