@@ -202,7 +202,7 @@ class Tensor:
         if isinstance(exponent, Tensor):  # x ** y = exp(y * log x), for x > 0
             return (exponent * self.log()).exp()
         if not isinstance(exponent, numbers.Real):
-            raise TypeError(f"The 'exponent' parameter must be a real number or a Tensor. Got {exponent!r} instead.")
+            raise TypeError(f"Tensor.__pow__(): exponent must be a real number or a Tensor, got {exponent!r}.")
         out = self._make(self.data ** exponent, (self,), f"**{exponent}")
         if out.requires_grad:
             def _backward():
@@ -350,7 +350,7 @@ class Tensor:
             axes = tuple(axes[0])
         if axes:
             if sorted(a % self.ndim if -self.ndim <= a < self.ndim else -1 for a in axes) != list(range(self.ndim)):
-                raise ValueError(f"transpose: 'axes' must be a permutation of the {self.ndim} axes. Got {axes} instead.")
+                raise ValueError(f"transpose(): axes must be a permutation of the {self.ndim} axes, got {axes}.")
             axes = tuple(a % self.ndim for a in axes)
         else:
             axes = tuple(reversed(range(self.ndim)))
@@ -423,12 +423,12 @@ class Tensor:
             raise RuntimeError("backward(): this tensor does not require grad (no input had requires_grad=True).")
         if grad is None:
             if self.size != 1:
-                raise ValueError(f"backward(): 'grad' must be given for a non-scalar tensor of shape {self.shape}.")
+                raise ValueError(f"backward(): grad must be given for a non-scalar tensor of shape {self.shape}.")
             grad = np.ones_like(self.data)
         grad = _as_array(grad)
         if grad.shape != self.shape and grad.size != 1:
-            raise ValueError(f"backward(): 'grad' must have the tensor's shape {self.shape} (or be a scalar). "
-                             f"Got shape {grad.shape} instead.")
+            raise ValueError(f"backward(): grad must have the tensor's shape {self.shape} (or be a scalar), "
+                             f"got shape {grad.shape}.")
         grad = np.broadcast_to(grad.astype(self.dtype, copy=False), self.shape)
 
         # Topological order by iterative depth-first search (deep graphs cannot hit the recursion limit).
@@ -467,8 +467,8 @@ def gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
     inputs = list(inputs)
     for i, t in enumerate(inputs):
         if not isinstance(t, Tensor) or t.dtype != np.float64:
-            raise TypeError(f"gradcheck: input {i} must be a float64 Tensor. Got {type(t).__name__} "
-                            f"{getattr(t, 'dtype', '')} instead.")
+            raise TypeError(f"gradcheck(): input {i} must be a float64 Tensor, got {type(t).__name__} "
+                            f"{getattr(t, 'dtype', '')}.")
     rng = np.random.default_rng(seed)
     out = f(*inputs)
     v = rng.standard_normal(out.shape)

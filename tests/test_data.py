@@ -314,7 +314,7 @@ def test_digits_seed_reproducible_and_unflattened():
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, float("nan")])
 def test_digits_rejects_bad_test_fraction(bad):
-    with pytest.raises(ValueError, match="'test_fraction'"):
+    with pytest.raises(ValueError, match="test_fraction must be"):
         load_digits(test_fraction=bad)
 
 
@@ -405,14 +405,14 @@ def test_dataloader_accepts_a_generator():
 )
 def test_dataloader_rejects_bad_arguments(kwargs, exc, name):
     x, y = np.zeros((10, 2)), np.zeros(10)
-    with pytest.raises(exc, match=f"The '{name}' parameter must be"):
+    with pytest.raises(exc, match=f"{name} must be"):
         DataLoader(x, y, **kwargs)
 
 
 def test_dataloader_rejects_bad_data():
-    with pytest.raises(ValueError, match="'y' parameter must be an array with as many samples as x"):
+    with pytest.raises(ValueError, match="y must be an array with as many samples as x"):
         DataLoader(np.zeros((10, 2)), np.zeros(9), 4)
-    with pytest.raises(TypeError, match="'x' parameter must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
         DataLoader([[0.0, 1.0]], np.zeros(1), 4)
     with pytest.raises(ValueError, match="at least one sample"):
         DataLoader(np.zeros((0, 2)), np.zeros(0), 4)
@@ -426,7 +426,7 @@ def test_train_val_split_is_a_partition(n, fraction, seed):
     x = y[:, None] * 1.5
     k = int(round(fraction * n))
     if k in (0, n):
-        with pytest.raises(ValueError, match="'val_fraction'"):
+        with pytest.raises(ValueError, match="val_fraction must be"):
             train_val_split(x, y, fraction, seed)
         return
     (xa, ya), (xb, yb) = train_val_split(x, y, fraction, seed)
@@ -443,7 +443,7 @@ def test_train_val_split_stratified_keeps_class_proportions():
     (_, ya), (_, yb) = train_val_split(x, y, 0.3, seed=1, stratify=True)
     np.testing.assert_array_equal(np.bincount(yb), [3, 6, 9, 12])
     np.testing.assert_array_equal(np.bincount(ya), [7, 14, 21, 28])
-    with pytest.raises(TypeError, match="'y'"):
+    with pytest.raises(TypeError, match="y must be"):
         train_val_split(x, y.astype(float), 0.3, stratify=True)
 
 
@@ -454,7 +454,7 @@ def test_subset_draws_distinct_aligned_samples():
     assert len(np.unique(ys)) == 10
     np.testing.assert_array_equal(xs[:, 0], ys * 2)
     np.testing.assert_array_equal(subset(x, y, 10, seed=4)[1], ys)
-    with pytest.raises(ValueError, match="'n'"):
+    with pytest.raises(ValueError, match="n must be"):
         subset(x, y, 31)
 
 

@@ -219,12 +219,12 @@ def test_cross_entropy_dtype_and_accepted_labels():
 
 
 @pytest.mark.parametrize("labels, exc, words", [
-    (np.array([0, 3, 5]), ValueError, ["'labels'", "[0, 4]"]),        # 5 classes: max label 4
-    (np.array([0, -1, 2]), ValueError, ["'labels'", "[0, 4]"]),
-    (np.array([0, 1]), ValueError, ["'labels'", "(3,)"]),             # wrong length
-    (np.array([0, 1, 2, 3]), ValueError, ["'labels'", "(3,)"]),
-    (np.array([[0, 1, 2]]), ValueError, ["'labels'"]),                # wrong ndim
-    (np.array([0.0, 1.5, 2.0]), TypeError, ["'labels'", "integer"]),  # non-integer floats
+    (np.array([0, 3, 5]), ValueError, ["labels must be", "[0, 4]"]),        # 5 classes: max label 4
+    (np.array([0, -1, 2]), ValueError, ["labels must be", "[0, 4]"]),
+    (np.array([0, 1]), ValueError, ["labels must be", "(3,)"]),             # wrong length
+    (np.array([0, 1, 2, 3]), ValueError, ["labels must be", "(3,)"]),
+    (np.array([[0, 1, 2]]), ValueError, ["labels must be"]),                # wrong ndim
+    (np.array([0.0, 1.5, 2.0]), TypeError, ["labels must be", "integer"]),  # non-integer floats
 ])
 def test_cross_entropy_label_errors(labels, exc, words):
     z = Tensor(np.zeros((3, 5)))
@@ -235,7 +235,7 @@ def test_cross_entropy_label_errors(labels, exc, words):
 
 
 def test_cross_entropy_requires_2d_logits():
-    with pytest.raises(ValueError, match="'logits'"):
+    with pytest.raises(ValueError, match="logits must be"):
         F.cross_entropy(Tensor(np.zeros(5)), np.array([1]))
 
 
@@ -253,7 +253,7 @@ def test_nll_loss():
     expected = np.zeros((5, 3))
     expected[np.arange(5), y] = -1 / 5
     np.testing.assert_allclose(lp_leaf.grad, expected)
-    with pytest.raises(ValueError, match="'labels'"):
+    with pytest.raises(ValueError, match="labels must be"):
         F.nll_loss(lp, np.array([0, 3, 1, 1, 0]))
 
 
@@ -265,7 +265,7 @@ def test_mse_loss():
     np.testing.assert_allclose(p.grad, 2 * (p.data - t.data) / 12)
     check_grads(lambda p, t: F.mse_loss(p, t), p, t)
     assert F.mse_loss(p, t.data).item() == pytest.approx(loss.item())
-    with pytest.raises(ValueError, match="'target'"):
+    with pytest.raises(ValueError, match="target must be"):
         F.mse_loss(p, np.zeros((4, 1)))
 
 
@@ -291,7 +291,7 @@ def test_linear_skips_gradient_of_constant_input():
 
 
 def test_linear_wrong_in_features():
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         F.linear(Tensor(np.ones((2, 5))), leaf((4, 3)))
 
 
@@ -357,16 +357,16 @@ def test_conv2d_wrong_channel_count_names_x_and_channels():
     with pytest.raises(ValueError) as err:
         F.conv2d(Tensor(np.ones((1, 2, 5, 5))), leaf((4, 3, 3, 3)))
     msg = str(err.value)
-    assert "'x'" in msg and "3 channels" in msg and "2 channels" in msg
+    assert "x must be" in msg and "3 channels" in msg and "2 channels" in msg
 
 
 def test_conv2d_other_input_errors():
     w = leaf((4, 3, 3, 3))
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         F.conv2d(Tensor(np.ones((3, 5, 5))), w)          # not 4-D
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         F.conv2d(Tensor(np.ones((1, 3, 2, 2))), w)       # smaller than the kernel
-    with pytest.raises(TypeError, match="'stride'"):
+    with pytest.raises(TypeError, match="stride must be"):
         F.conv2d(Tensor(np.ones((1, 3, 5, 5))), w, stride=1.5)
 
 
@@ -387,7 +387,7 @@ _W = np.zeros((1, 1, 3, 3))
 ], ids=["conv_stride0", "conv_stride_neg", "conv_pad_neg", "maxpool_k0", "maxpool_stride0",
         "maxpool_stride_neg", "avgpool_stride0", "Conv2d_stride0", "Conv2d_k0"])
 def test_window_arguments_are_validated(call, name):
-    with pytest.raises(ValueError, match=f"'{name}'"):
+    with pytest.raises(ValueError, match=f"{name} must be"):
         call()
 
 
@@ -439,9 +439,9 @@ def test_pool_dtype_and_errors():
     x32 = Tensor(np.ones((1, 1, 4, 4), dtype=np.float32))
     assert F.max_pool2d(x32, 2).dtype == np.float32
     assert F.avg_pool2d(x32, 2).dtype == np.float32
-    with pytest.raises(ValueError, match="'kernel_size'"):
+    with pytest.raises(ValueError, match="kernel_size must be"):
         F.max_pool2d(x32, 5)
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         F.avg_pool2d(Tensor(np.ones((4, 4))), 2)
 
 
@@ -526,7 +526,7 @@ def test_dropout_identity_cases_and_errors():
     np.testing.assert_array_equal(F.dropout(x, 0.0, rng=np.random.default_rng(0)).data, x.data)
     np.testing.assert_array_equal(F.dropout(x, 0.9, training=False).data, x.data)
     for p in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="'p'"):
+        with pytest.raises(ValueError, match="p must be"):
             F.dropout(x, p)
 
 
@@ -537,7 +537,7 @@ def test_flatten():
     np.testing.assert_array_equal(F.flatten(x, start_dim=2).data, x.data.reshape(2, 3, 20))
     np.testing.assert_array_equal(F.flatten(x, start_dim=0).data, x.data.reshape(-1))
     check_grads(lambda x: F.flatten(x), x)
-    with pytest.raises(ValueError, match="'start_dim'"):
+    with pytest.raises(ValueError, match="start_dim must be"):
         F.flatten(x, start_dim=4)
 
 
@@ -712,7 +712,7 @@ def test_no_grad_conv_and_pool_build_no_graph():
 
 def test_batch_norm_refuses_a_single_value_per_channel_in_training():
     bn = nn.BatchNorm1d(3)
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         bn(Tensor(np.ones((1, 3), np.float32)))
     bn.eval()
     assert bn(Tensor(np.ones((1, 3), np.float32))).shape == (1, 3)

@@ -189,7 +189,7 @@ def test_seeded_initialisation_is_reproducible():
     lambda: nn.Dropout(1.0),
 ])
 def test_layer_argument_errors(bad):
-    with pytest.raises((ValueError, TypeError), match="parameter must be"):
+    with pytest.raises((ValueError, TypeError), match=" must be "):
         bad()
 
 
@@ -209,9 +209,9 @@ def test_batchnorm_modules():
     np.testing.assert_array_equal(bn.running_mean, rm)   # eval leaves the statistics alone
     bn2 = nn.BatchNorm2d(2)
     assert bn2(np.ones((2, 2, 3, 3), np.float32)).shape == (2, 2, 3, 3)
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         bn2(np.ones((2, 3, 3, 3), np.float32))
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(ValueError, match="x must be"):
         bn2(np.ones((2, 2), np.float32))
 
 

@@ -15,14 +15,14 @@ def m():
 
 
 @pytest.mark.parametrize("amount, exc, text", [
-    (-0.1, ValueError, "The 'amount' parameter must be a float in the range \\[0, 1\\] or a non-negative int. Got -0.1"),
-    (1.2, ValueError, "'amount'.*Got 1.2 instead"),
-    (float("nan"), ValueError, "'amount'"),
-    (-3, ValueError, "'amount'.*Got -3"),
-    (31, ValueError, "'amount'.*unpruned weights \\(30\\).*Got 31"),
-    (True, TypeError, "'amount'"),
-    ("0.5", TypeError, "'amount'"),
-    (None, TypeError, "'amount'"),
+    (-0.1, ValueError, "amount must be a float in the range \\[0, 1\\] or a non-negative int, got -0.1"),
+    (1.2, ValueError, "amount.*got 1.2"),
+    (float("nan"), ValueError, "amount must be"),
+    (-3, ValueError, "amount.*got -3"),
+    (31, ValueError, "amount.*unpruned weights \\(30\\).*got 31"),
+    (True, TypeError, "amount must be"),
+    ("0.5", TypeError, "amount must be"),
+    (None, TypeError, "amount must be"),
 ])
 def test_bad_amount(m, amount, exc, text):
     with pytest.raises(exc, match=text):
@@ -31,116 +31,116 @@ def test_bad_amount(m, amount, exc, text):
 
 
 def test_int_amount_too_big_globally(m):
-    with pytest.raises(ValueError, match="'amount'.*\\(45\\)"):
+    with pytest.raises(ValueError, match="amount.*\\(45\\)"):
         P.prune(m, 46, scope="global")
 
 
 def test_unknown_score(m):
-    with pytest.raises(ValueError, match="The 'score' parameter must be one of .*'magnitude'.*Got 'magnitud'"):
+    with pytest.raises(ValueError, match="score must be one of .*'magnitude'.*got 'magnitud'"):
         P.prune(m, 0.5, score="magnitud")
-    with pytest.raises(TypeError, match="'score'"):
+    with pytest.raises(TypeError, match="score must be"):
         P.prune(m, 0.5, score=3)
 
 
 @pytest.mark.parametrize("score", ["gradient", "taylor", "obd", "snip", "movement", "oracle", "oracle_abs"])
 def test_data_hungry_score_without_data(m, score):
-    with pytest.raises(ValueError, match=f"The 'data' parameter must be .*{score!r}.*Got None"):
+    with pytest.raises(ValueError, match=f"data must be .*{score!r}.*got None"):
         P.prune(m, 0.5, score=score)
     assert not P.is_pruned(m)
 
 
 def test_unknown_layer(m):
-    with pytest.raises(ValueError, match="The 'layers' parameter must be names of layers in the model "
-                                         "\\(prunable: '0', '2'\\). Got 'fc1'"):
+    with pytest.raises(ValueError, match="layers must be names of layers in the model "
+                                         "\\(prunable: '0', '2'\\), got 'fc1'"):
         P.prune(m, 0.5, layers=["fc1"])
-    with pytest.raises(ValueError, match="'layers'.*have a weight"):
+    with pytest.raises(ValueError, match="layers.*have a weight"):
         P.prune(m, 0.5, layers=["1"])  # the ReLU
-    with pytest.raises(ValueError, match="'layers'.*part of the model"):
+    with pytest.raises(ValueError, match="layers.*part of the model"):
         P.prune(m, 0.5, layers=[nn.Linear(2, 2)])
-    with pytest.raises(TypeError, match="'layers'"):
+    with pytest.raises(TypeError, match="layers must be"):
         P.prune(m, 0.5, layers=[3])
 
 
 def test_unknown_scope_loss_structure(m):
-    with pytest.raises(ValueError, match="The 'scope' parameter must be one of \\{'layer', 'global'\\}. Got 'model'"):
+    with pytest.raises(ValueError, match="scope must be one of \\{'layer', 'global'\\}. got 'model'"):
         P.prune(m, 0.5, scope="model")
-    with pytest.raises(ValueError, match="'loss'.*Got 'hinge'"):
+    with pytest.raises(ValueError, match="loss.*got 'hinge'"):
         P.prune(m, 0.5, score="taylor", data=(X, Y), loss="hinge")
-    with pytest.raises(NotImplementedError, match="'structure'.*Got 'channels'.*later"):
+    with pytest.raises(NotImplementedError, match="structure.*got 'channels'.*later"):
         P.prune(m, 0.5, structure="channels")
 
 
 def test_bad_model_and_data(m):
-    with pytest.raises(TypeError, match="'model'"):
+    with pytest.raises(TypeError, match="model must be"):
         P.prune("model", 0.5)
-    with pytest.raises(TypeError, match="'data'"):
+    with pytest.raises(TypeError, match="data must be"):
         P.prune(m, 0.5, score="taylor", data=5)
-    with pytest.raises(ValueError, match="'data'.*4 inputs, 3 targets"):
+    with pytest.raises(ValueError, match="data.*4 inputs, 3 targets"):
         P.prune(m, 0.5, score="taylor", data=(X, Y[:3]))
 
 
 def test_bad_scores(m):
-    with pytest.raises(ValueError, match="'score'.*NaN"):
+    with pytest.raises(ValueError, match="score.*NaN"):
         P.prune(m, 0.5, score=lambda ctx: {n: np.full(w.shape, np.nan) for n, w in ctx.weights.items()})
-    with pytest.raises(ValueError, match="'score'.*missing '2.weight'"):
+    with pytest.raises(ValueError, match="score.*missing '2.weight'"):
         P.prune(m, 0.5, score={"0.weight": np.ones((5, 6))})
-    with pytest.raises(ValueError, match="'score'.*shape \\(5, 6\\)"):
+    with pytest.raises(ValueError, match="score.*shape \\(5, 6\\)"):
         P.prune(m, 0.5, score={"0.weight": np.ones(30), "2.weight": np.ones((3, 5))})
-    with pytest.raises(TypeError, match="'score'.*dict"):
+    with pytest.raises(TypeError, match="score.*dict"):
         P.prune(m, 0.5, score=lambda ctx: [1, 2])
 
 
 def test_dict_amount_errors(m):
-    with pytest.raises(ValueError, match="'amount'.*scope='global'"):
+    with pytest.raises(ValueError, match="amount.*scope='global'"):
         P.prune(m, {"0.weight": 0.5}, scope="global")
-    with pytest.raises(ValueError, match="'amount'.*keys \\['3.weight'\\]"):
+    with pytest.raises(ValueError, match="amount.*keys \\['3.weight'\\]"):
         P.prune(m, {"3.weight": 0.5})
-    with pytest.raises(ValueError, match="'amount\\['0.weight'\\]'.*Got 2.0"):
+    with pytest.raises(ValueError, match="amount\\['0.weight'\\].*got 2.0"):
         P.prune(m, {"0.weight": 2.0})
 
 
 def test_schedule_errors(m):
-    with pytest.raises(ValueError, match="'final_sparsity'"):
+    with pytest.raises(ValueError, match="final_sparsity must be"):
         P.AGP(1.5)
-    with pytest.raises(ValueError, match="'initial_sparsity'"):
+    with pytest.raises(ValueError, match="initial_sparsity must be"):
         P.AGP(0.5, initial_sparsity=0.8)
-    with pytest.raises(ValueError, match="'end_step'"):
+    with pytest.raises(ValueError, match="end_step must be"):
         P.agp_sparsity(3, 0.5, 5, 5)
-    with pytest.raises(ValueError, match="'target'"):
+    with pytest.raises(ValueError, match="target must be"):
         P.iterative_prune(m, 1.5, 3)
-    with pytest.raises(ValueError, match="'kind'"):
+    with pytest.raises(ValueError, match="kind must be"):
         P.sparsity_schedule(0.5, 3, "exponential")
-    with pytest.raises(ValueError, match="'finetune'.*missing \\['epochs'\\]"):
+    with pytest.raises(ValueError, match="finetune.*missing \\['epochs'\\]"):
         P.iterative_prune(m, 0.5, 2, {"loader": [], "optimizer": None})
-    with pytest.raises(ValueError, match="'rewind_epoch'"):
+    with pytest.raises(ValueError, match="rewind_epoch must be"):
         P.iterative_prune(m, 0.5, 2, rewind_epoch=1)
-    with pytest.raises(ValueError, match="'sparsity'.*Got 1.5"):
+    with pytest.raises(ValueError, match="sparsity.*got 1.5"):
         P.prune_to(m, 1.5)
-    with pytest.raises(ValueError, match="'n_batches'"):
+    with pytest.raises(ValueError, match="n_batches must be"):
         P.batch_prune(m, 0.5)
 
 
 def test_lottery_and_sensitivity_errors(m):
     train = {"loader": [(X, Y)], "optimizer": lambda p: optim.SGD(p, lr=0.1), "epochs": 1}
-    with pytest.raises(ValueError, match="'evaluate'"):
+    with pytest.raises(ValueError, match="evaluate must be"):
         P.lottery_ticket(m, train, rounds=1)
-    with pytest.raises(ValueError, match="'rewind_step'.*Got 5"):
+    with pytest.raises(ValueError, match="rewind_step.*got 5"):
         P.lottery_ticket(m, train, rounds=1, rewind_step=5, evaluate=(X, Y))
-    with pytest.raises(ValueError, match="'controls'"):
+    with pytest.raises(ValueError, match="controls must be"):
         P.lottery_ticket(m, train, rounds=1, evaluate=(X, Y), controls=["shuffle"])
-    with pytest.raises(ValueError, match="'amount'"):
+    with pytest.raises(ValueError, match="amount must be"):
         P.lottery_ticket(m, train, rounds=1, amount=0, evaluate=(X, Y))
-    with pytest.raises(ValueError, match="'metric'.*Got 'acc'"):
+    with pytest.raises(ValueError, match="metric.*got 'acc'"):
         P.sensitivity_scan(m, (X, Y), amounts=[0.5], metric="acc")
-    with pytest.raises(ValueError, match="'amounts'"):
+    with pytest.raises(ValueError, match="amounts must be"):
         P.sensitivity_scan(m, (X, Y), amounts=[1.5])
 
 
 def test_unknown_score_option_is_refused(m):
-    with pytest.raises(TypeError, match="The 'max_weight' parameter must be a keyword score 'oracle' knows "
+    with pytest.raises(TypeError, match="max_weight must be a keyword score 'oracle' knows "
                                         "\\(it accepts: batch_size, max_weights\\)"):
         P.prune(m, 0.5, score="oracle", data=(X, Y), max_weight=10)
-    with pytest.raises(TypeError, match="'max_samples'.*'magnitude'"):
+    with pytest.raises(TypeError, match="max_samples.*'magnitude'"):
         P.prune(m, 0.5, max_samples=3)
     # an unregistered callable may read any option
     P.prune(m, 0.5, score=lambda ctx: {n: np.abs(w) * ctx.option("power", 1) for n, w in ctx.weights.items()},

@@ -157,7 +157,7 @@ def test_oracle_skips_pruned_and_refuses_big_layers():
         assert np.all(s[f"{i}.weight"][pruned] == 0)
         assert np.count_nonzero(s[f"{i}.weight"][~pruned]) >= 4  # (a weight into a dead ReLU scores 0 too)
     big = models.mlp([100, 120, 10], seed=0)
-    with pytest.raises(ValueError, match="'score'.*oracle.*13200 weights"):
+    with pytest.raises(ValueError, match="score.*oracle.*13200 weights"):
         P.prune(big, 0.5, score="oracle", data=(np.zeros((2, 100), np.float32), np.zeros(2, int)))
     # the limit can be raised explicitly
     small = make_model()
@@ -208,7 +208,7 @@ def test_register_custom_score():
     m[0].weight.data[...] = [[1.0, 3.0, 2.0]]
     P.prune(m, 1, score="test_cubic")
     np.testing.assert_array_equal(m[0].weight.mask, [[1, 0, 1]])
-    with pytest.raises(ValueError, match="'name'.*overwrite=True"):
+    with pytest.raises(ValueError, match="name.*overwrite=True"):
         P.register_score("test_cubic", cubic)
     # a plain callable works too
     P.prune(m, 1, score=lambda ctx: {n: np.abs(w) for n, w in ctx.weights.items()})
@@ -255,7 +255,7 @@ def test_spearman_hand_computed():
     assert P.spearman({"a": [1, 2], "b": [3]}, {"a": [3, 2], "b": [1]}) == pytest.approx(-1.0)
     # masks keep only unpruned entries: [1, 3] vs [2, 1] -> -1
     assert P.spearman(np.array([1, 2, 3]), np.array([2, 9, 1]), masks=np.array([1, 0, 1])) == pytest.approx(-1)
-    with pytest.raises(ValueError, match="'b'"):
+    with pytest.raises(ValueError, match="b must be"):
         P.spearman([1, 2, 3], [1, 2])
 
 

@@ -183,7 +183,7 @@ def test_rewind_learning_rate():
     assert opt.lr == pytest.approx(1e-3)
     P.rewind_learning_rate(sched, 1)
     assert opt.lr == pytest.approx(0.1)
-    with pytest.raises(TypeError, match="'scheduler'"):
+    with pytest.raises(TypeError, match="scheduler must be"):
         P.rewind_learning_rate(opt)
 
 

@@ -120,11 +120,11 @@ def test_loss_contour_log_levels_are_geometric_above_the_minimum():
 
 
 def test_loss_contour_rejects_a_loss_of_the_wrong_shape_and_bad_span():
-    with pytest.raises(ValueError, match="'loss'"):
+    with pytest.raises(ValueError, match="loss must be"):
         viz.loss_contour(lambda a, b: a.sum(), center=(0, 0), span=1.0)
-    with pytest.raises(ValueError, match="'span'"):
+    with pytest.raises(ValueError, match="span must be"):
         viz.loss_contour(_quadratic, center=(0, 0), span=0.0)
-    with pytest.raises(ValueError, match="'center'"):
+    with pytest.raises(ValueError, match="center must be"):
         viz.loss_contour(_quadratic, center=(0, 0, 0), span=1.0)
     with pytest.raises(ValueError, match="paths"):
         viz.loss_contour(_quadratic, center=(0, 0), span=1.0, paths={"p": np.zeros(3)})
@@ -211,12 +211,12 @@ def test_interactive_plot_gives_draw_a_fresh_axes_each_time():
 def test_interactive_plot_rejects_bad_arguments():
     from prunekit.widgets import interactive_plot
 
-    with pytest.raises(TypeError, match="'draw'"):
+    with pytest.raises(TypeError, match="draw must be"):
         interactive_plot(42, lr=ipywidgets.FloatSlider())
-    with pytest.raises(TypeError, match="'controls'"):
+    with pytest.raises(TypeError, match="controls must be"):
         interactive_plot(lambda ax: None)
-    with pytest.raises(TypeError, match="'lr'"):
+    with pytest.raises(TypeError, match="lr must be"):
         interactive_plot(lambda ax, lr: None, lr=0.1)
     box = interactive_plot(lambda ax, lr: lr, lr=ipywidgets.FloatSlider(value=0.5))
-    with pytest.raises(ValueError, match="'values'"):
+    with pytest.raises(ValueError, match="values must be"):
         box.redraw(momentum=0.9)

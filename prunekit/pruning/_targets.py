@@ -50,7 +50,7 @@ def select_weights(model, layers=None):
                 if item not in by_name and (item.endswith(".weight") or item == "weight"):
                     name = item[:-len(".weight")] if item != "weight" else ""
                 if name not in by_name:
-                    fail("layers", f"names of layers in the model (prunable: {valid})", item)
+                    fail("layers", f"names of layers in the model (prunable: {valid})", repr(item))
             elif isinstance(item, nn.Module):
                 if id(item) not in by_id:
                     fail("layers", "modules that are part of the model", type(item).__name__)
@@ -59,7 +59,7 @@ def select_weights(model, layers=None):
                 fail("layers", "layer names (str) or modules", item, TypeError)
             weight = getattr(by_name[name], "weight", None)
             if not isinstance(weight, nn.Parameter):
-                fail("layers", f"layers that have a weight (prunable: {valid})", item)
+                fail("layers", f"layers that have a weight (prunable: {valid})", repr(item))
             wanted.add(name)
         chosen = [(n, m) for n, m in modules if n in wanted]
     out = OrderedDict()

@@ -90,7 +90,7 @@ def _metric(evaluate, metric, loss):
         out = evaluate(model) if callable(evaluate) else _evaluate(model, evaluate, loss)
         if isinstance(out, dict):
             if metric not in out:
-                fail("metric", f"one of the evaluation keys {sorted(out)}", metric)
+                fail("metric", f"one of the evaluation keys {sorted(out)}", repr(metric))
             return float(out[metric])
         return float(out)
     return run

@@ -193,8 +193,8 @@ def prune(model, amount, score="magnitude", scope="layer", structure=None, data=
     check_model(model)
     if structure is not None:
         raise NotImplementedError(
-            f"The 'structure' parameter must be None (unstructured, element-wise pruning) for now. "
-            f"Got {structure!r} instead. Structured pruning (neurons, channels, N:M) comes in a later module.")
+            f"prune(): structure must be None (unstructured, element-wise pruning) for now, "
+            f"got {structure!r}. Structured pruning (neurons, channels, N:M) comes in a later module.")
     check_option("scope", scope, SCOPES)
     params = select_weights(model, layers)
     amount = _check_amount(amount, params, scope)
