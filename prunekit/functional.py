@@ -332,13 +332,19 @@ def avg_pool2d(x, kernel_size, stride=None):
 
 
 # ---------------------------------------------------------- normalisation
-def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch normalisation (Ioffe & Szegedy 2015) over the batch (and spatial) axes.
 
     y = (x - mean) / sqrt(var + eps) * weight + bias. In training the batch statistics
     are used and the running ones updated in place (unbiased variance, as PyTorch);
-    in evaluation the running statistics are used.
+    in evaluation the running statistics are used. The arguments come in PyTorch's
+    order (``torch.nn.functional.batch_norm``): running statistics first, then the
+    optional affine ``weight`` and ``bias``.
     """
+    if training and (running_mean is None or running_var is None):
+        fail("running_mean", "arrays of the running statistics (updated in place in training)", "None")
+    if (weight is None) != (bias is None):
+        fail("bias", "given exactly when weight is given", "None" if bias is None else "an array")
     x = _t(x)
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)

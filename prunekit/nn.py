@@ -301,7 +301,7 @@ class _BatchNorm(Module):
         if x.ndim not in self._ndim or x.shape[1] != self.num_features:
             fail("x", f"a {' or '.join(map(str, self._ndim))}-D input with {self.num_features} channels "
                  f"in axis 1", f"shape {x.shape}")
-        return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             self.training, self.momentum, self.eps)
 
     def extra_repr(self):

@@ -455,7 +455,7 @@ def test_batch_norm_training(shape):
     rm0 = np.array([0.1, -0.2, 0.3])
     rv0 = np.array([1.0, 2.0, 0.5])
     rm, rv = rm0.copy(), rv0.copy()
-    y = F.batch_norm(x, w, b, rm, rv, training=True, momentum=0.2, eps=1e-5)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2, eps=1e-5)
     mean = x.data.mean(axis=axes)
     var = x.data.var(axis=axes)                      # biased, used to normalise
     m = x.data.size // 3
@@ -463,7 +463,7 @@ def test_batch_norm_training(shape):
     np.testing.assert_allclose(y.data, xhat * w.data.reshape(bshape) + b.data.reshape(bshape), rtol=1e-10)
     np.testing.assert_allclose(rm, 0.8 * rm0 + 0.2 * mean, rtol=1e-12)
     np.testing.assert_allclose(rv, 0.8 * rv0 + 0.2 * var * m / (m - 1), rtol=1e-12)  # unbiased
-    check_grads(lambda x, w, b: F.batch_norm(x, w, b, rm0.copy(), rv0.copy(), True), x, w, b)
+    check_grads(lambda x, w, b: F.batch_norm(x, rm0.copy(), rv0.copy(), w, b, True), x, w, b)
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 3, 3, 2)])
@@ -472,27 +472,53 @@ def test_batch_norm_eval_uses_running_statistics(shape):
     bshape = (1, 3) if len(shape) == 2 else (1, 3, 1, 1)
     rm, rv = np.array([0.5, -1.0, 2.0]), np.array([4.0, 0.25, 1.0])
     rm_before, rv_before = rm.copy(), rv.copy()
-    y = F.batch_norm(x, w, b, rm, rv, training=False, eps=1e-5)
+    y = F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5)
     expected = (x.data - rm.reshape(bshape)) / np.sqrt(rv.reshape(bshape) + 1e-5) * w.data.reshape(bshape) \
         + b.data.reshape(bshape)
     np.testing.assert_allclose(y.data, expected, rtol=1e-12)
     np.testing.assert_array_equal(rm, rm_before)
     np.testing.assert_array_equal(rv, rv_before)
-    check_grads(lambda x, w, b: F.batch_norm(x, w, b, rm, rv, False), x, w, b)
+    check_grads(lambda x, w, b: F.batch_norm(x, rm, rv, w, b, False), x, w, b)
 
 
 def test_batch_norm_without_affine():
     x = leaf((6, 2), 33)
-    y = F.batch_norm(x, None, None, np.zeros(2), np.ones(2), training=True)
+    y = F.batch_norm(x, np.zeros(2), np.ones(2), training=True)
     np.testing.assert_allclose(y.data.mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(y.data.var(axis=0), 1.0, rtol=1e-4)
-    check_grads(lambda x: F.batch_norm(x, None, None, np.zeros(2), np.ones(2), True), x)
+    check_grads(lambda x: F.batch_norm(x, np.zeros(2), np.ones(2), None, None, True), x)
+
+
+def test_batch_norm_takes_pytorchs_positional_order():
+    """torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps).
+
+    Hand-computed: channel values [1, 3] and [2, 6] (batch of 2): batch means 2 and 4,
+    biased variances 1 and 4, so x_hat = [-1, 1] / sqrt(1 + eps) and [-2, 2] / sqrt(4 + eps);
+    y = x_hat * [2, 3] + [10, 20]. Running stats, momentum 0.5, unbiased variances 2 and 8:
+    mean 0.5 * [0, 0] + 0.5 * [2, 4] = [1, 2]; var 0.5 * [1, 1] + 0.5 * [2, 8] = [1.5, 4.5].
+    """
+    x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    rm, rv = np.zeros(2), np.ones(2)
+    w, b = Tensor(np.array([2.0, 3.0])), Tensor(np.array([10.0, 20.0]))
+    y = F.batch_norm(Tensor(x), rm, rv, w, b, True, 0.5, 1e-5)
+    e = 1e-5
+    expected = np.array([[-2 / np.sqrt(1 + e) + 10, -6 / np.sqrt(4 + e) + 20],
+                         [2 / np.sqrt(1 + e) + 10, 6 / np.sqrt(4 + e) + 20]])
+    np.testing.assert_allclose(y.data, expected, rtol=1e-12)
+    np.testing.assert_allclose(rm, [1.0, 2.0])
+    np.testing.assert_allclose(rv, [1.5, 4.5])
+    # evaluation mode, positionally: (x - running_mean) / sqrt(running_var + eps) * weight + bias
+    y = F.batch_norm(Tensor(x), rm, rv, w, b, False, 0.5, 1e-5)
+    np.testing.assert_allclose(y.data, (x - [1, 2]) / np.sqrt(np.array([1.5, 4.5]) + e) * [2, 3] + [10, 20],
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="batch_norm\\(\\): bias must be given exactly when weight is given"):
+        F.batch_norm(Tensor(x), rm, rv, w, None, False)
 
 
 def test_batch_norm_after_a_layer_backpropagates_into_it():
     """The normalised input is an interior node reached by several paths (mean, var, centring)."""
     x, w = leaf((6, 3), 34), leaf((4, 3), 35)
-    check_grads(lambda x, w: F.batch_norm(F.linear(x, w).tanh(), None, None, np.zeros(4), np.ones(4), True), x, w)
+    check_grads(lambda x, w: F.batch_norm(F.linear(x, w).tanh(), np.zeros(4), np.ones(4), None, None, True), x, w)
 
 
 # ---------------------------------------------------------------- dropout
