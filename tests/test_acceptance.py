@@ -1,7 +1,12 @@
-"""Issue 2 acceptance: a new user's first run on the shipped UCI digits.
+"""Issue 2 acceptance, as settled by issue 13: the first-run recipe on the shipped UCI digits.
 
-    mlp([64, 128, 10]) trained 20 epochs with SGD(lr=0.05, momentum=0.9), batch 64,
-    on load_digits() reaches >= 97% test accuracy.
+    mlp([64, 128, 10]) trained 20 epochs with SGD(lr=0.05, momentum=0.9), batch 64.
+
+The target is the recipe's MEAN test accuracy over 8 stratified split seeds x 3
+initialisations >= 96.5% (PyTorch from the same weights and batches gives 97.05%:
+`python benchmarks/accuracy.py --digits-splits`). A single split has only 359 test
+images, so one split's figure moves by a point with the split alone: the default
+split (seed 0) gives about 95.5%, which is what the README says.
 """
 import contextlib
 
@@ -29,16 +34,21 @@ def first_run():
         return hist, pk.evaluate(model, (xt, yt))
 
 
-@pytest.mark.xfail(strict=True, reason="ACCEPTANCE NOT MET (not a core bug): on the default load_digits() split "
-                                       "(seed 0, 359 test images) this recipe gives 95.3-96.1% test accuracy for "
-                                       "init seeds 0-7 (95.5% for seed 0); other split seeds give 97-99%. The "
-                                       "training itself matches an independent NumPy loop to 1e-6 "
-                                       "(test_models_train.py::test_fit_matches_an_independent_numpy_training_loop), "
-                                       "and PyTorch from the same weights and batches gets the same accuracy on "
-                                       "every split (python benchmarks/accuracy.py --digits-splits)")
-def test_digits_mlp_reaches_97_percent(first_run):
-    hist, result = first_run
-    assert result["accuracy"] >= 0.97, result
+def _recipe(split, init):
+    """Test accuracy of the recipe on split seed ``split`` from init seed ``init``."""
+    (x, y), (xt, yt) = data.load_digits(seed=split)
+    model = pk.models.mlp([64, 128, 10], seed=init)
+    opt = pk.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pk.fit(model, data.DataLoader(x, y, 64, shuffle=True, seed=init), opt, epochs=20, progress=False)
+    return pk.evaluate(model, (xt, yt))["accuracy"]
+
+
+@pytest.mark.slow
+def test_digits_recipe_mean_over_splits_and_inits_reaches_96_5_percent():
+    with threadpool_limits(1, "blas") if threadpool_limits else contextlib.nullcontext():
+        acc = np.array([[_recipe(split, init) for init in range(3)] for split in range(8)])
+    assert acc.mean() >= 0.965, (acc.mean(), acc.mean(axis=1))
+    assert acc.min() >= 0.93, acc  # no split/init pair collapses
 
 
 def test_digits_mlp_learns(first_run):
