@@ -461,27 +461,48 @@ def load_fashion_mnist(flatten=True, download=True):
 # --------------------------------------------------------------------------- batches
 
 class DataLoader:
-    """Iterate over ``(x, y)`` in mini-batches ``(xb, yb)`` of ``batch_size`` samples.
+    """Iterate over a dataset in mini-batches ``(xb, yb)`` of ``batch_size`` samples.
 
-    One pass (``for xb, yb in loader``) is one epoch and yields ``len(loader)``
-    batches: ``ceil(N / batch_size)``, or ``floor(N / batch_size)`` with
-    ``drop_last=True`` (the last, smaller batch is then skipped).
+    Two ways to give the samples:
+
+    * ``DataLoader(x, y, 64)``: two arrays with one sample per row (axis 0);
+    * ``DataLoader(dataset, batch_size=64)``, as in PyTorch: any object with
+      ``__len__`` and ``__getitem__(i) -> (x_i, y_i)`` (a list of pairs will do).
+      Each batch fetches its items and stacks them, ``xb = np.stack([x_i, ...])``
+      and ``yb = np.asarray([y_i, ...])`` (PyTorch's default collation), so a dataset
+      that builds its samples on the fly (say, with random augmentation) does so
+      again every epoch. ``DataLoader(dataset, 64)`` also works, as in PyTorch.
+
+    ``batch_size`` defaults to 1, as in PyTorch. One pass (``for xb, yb in loader``)
+    is one epoch and yields ``len(loader)`` batches: ``ceil(N / batch_size)``, or
+    ``floor(N / batch_size)`` with ``drop_last=True`` (the last, smaller batch is
+    then skipped).
 
     With ``shuffle=True`` each epoch visits the samples in a new random order,
     drawn from ``np.random.default_rng(seed)`` made once here: the same seed gives
-    the same sequence of epochs. ``seed`` may also be a ``numpy.random.Generator``.
-    Without shuffling, batches are views of ``x`` and ``y`` in their order.
+    the same sequence of epochs, whichever way the samples were given. ``seed`` may
+    also be a ``numpy.random.Generator``. Without shuffling, array batches are views
+    of ``x`` and ``y`` in their order.
     """
 
-    def __init__(self, x, y, batch_size, shuffle=False, seed=None, drop_last=False):
-        _check_xy(x, y)
+    def __init__(self, x, y=None, batch_size=None, *, shuffle=False, seed=None, drop_last=False):
+        if y is not None and not isinstance(y, np.ndarray) and _is_dataset(x) and not isinstance(x, np.ndarray):
+            if batch_size is not None:  # DataLoader(dataset, 64, 32): two batch sizes
+                fail("batch_size", "given once (DataLoader(dataset, batch_size) takes no y)", batch_size, TypeError)
+            y, batch_size = None, y  # PyTorch's DataLoader(dataset, 64)
+        batch_size = 1 if batch_size is None else batch_size
+        if y is None:
+            _check_dataset(x)
+            self.dataset, self.x, self.y = x, None, None
+        else:
+            _check_xy(x, y)
+            self.dataset, self.x, self.y = None, x, y
         check_int("batch_size", batch_size, low=1)
         if not isinstance(shuffle, bool):
             fail("shuffle", "a bool", shuffle, TypeError)
         if not isinstance(drop_last, bool):
             fail("drop_last", "a bool", drop_last, TypeError)
         _check_seed(seed)
-        self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -490,22 +511,56 @@ class DataLoader:
     @property
     def n_samples(self):
         """Number of samples in the dataset."""
-        return len(self.x)
+        return len(self.x) if self.dataset is None else len(self.dataset)
 
     def __len__(self):
-        n, b = len(self.x), self.batch_size
+        n, b = self.n_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self):
-        n, b = len(self.x), self.batch_size
+        n, b = self.n_samples, self.batch_size
         order = self.rng.permutation(n) if self.shuffle else None
         for start in range(0, len(self) * b, b):
-            if order is None:
+            if self.dataset is not None:
+                idx = range(start, min(start + b, n)) if order is None else order[start:start + b]
+                yield _collate([self.dataset[int(i)] for i in idx])
+            elif order is None:
                 yield self.x[start:start + b], self.y[start:start + b]
             else:
                 idx = order[start:start + b]
                 yield self.x[idx], self.y[idx]
 
     def __repr__(self):
-        return (f"DataLoader(n_samples={len(self.x)}, batch_size={self.batch_size}, "
+        what = "" if self.dataset is None else f"dataset={type(self.dataset).__name__}, "
+        return (f"DataLoader({what}n_samples={self.n_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, batches={len(self)})")
+
+
+def _is_dataset(obj):
+    return hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes, dict))
+
+
+def _check_dataset(dataset):
+    """A dataset must have samples, and its items must be ``(x, y)`` pairs (the first is looked at)."""
+    if isinstance(dataset, np.ndarray):
+        fail("y", "an array of targets when x is an array (or pass a dataset whose items are (x, y) pairs)",
+             None, TypeError)
+    if not _is_dataset(dataset):
+        fail("dataset", "an object with __len__ and __getitem__(i) -> (x, y), or arrays x and y",
+             type(dataset).__name__, TypeError)
+    if len(dataset) == 0:
+        fail("dataset", "non-empty (at least one sample)", "an empty dataset")
+    _check_item(dataset[0], 0)
+
+
+def _check_item(item, i):
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        fail("dataset", "a dataset whose items are (x, y) pairs",
+             f"item {i} of type {type(item).__name__}", TypeError)
+
+
+def _collate(items):
+    """A list of ``(x_i, y_i)`` pairs -> the batch ``(np.stack(xs), np.asarray(ys))``."""
+    for i, item in enumerate(items):
+        _check_item(item, i)
+    return np.stack([np.asarray(it[0]) for it in items]), np.asarray([it[1] for it in items])

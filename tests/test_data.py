@@ -348,8 +348,15 @@ def test_dataloader_covers_every_sample_once_per_epoch(n, batch_size, shuffle, d
     y = np.arange(n)
     x = np.stack([y * 2.0, y * 3.0], axis=1)
     loader = DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    # the same samples given as a dataset of (x_i, y_i) pairs, as PyTorch takes them
+    as_dataset = DataLoader(list(zip(x, y)), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            drop_last=drop_last)
+    assert len(as_dataset) == len(loader) and as_dataset.n_samples == n
     for _epoch in range(2):
         batches = list(loader)
+        for (xa, ya), (xb, yb) in zip(list(as_dataset), batches, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
         assert len(batches) == len(loader)
         seen = np.concatenate([yb for _, yb in batches]) if batches else np.array([], int)
         for xb, yb in batches:
