@@ -264,7 +264,7 @@ def _parse_idx(buf: bytes, where: str, expected_shape: tuple | None = None) -> n
     return arr
 
 
-def read_idx(path, expected_shape=None) -> np.ndarray:
+def read_idx(path, *, expected_shape=None) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or not, into a new array.
 
     The header is checked against the file size (and against ``expected_shape``
@@ -345,7 +345,7 @@ def _check_xy(x, y):
         fail("y", f"an array with as many samples as x ({len(x)})", f"shape {y.shape}")
 
 
-def train_val_split(x, y, val_fraction=0.2, seed=0, stratify=False):
+def train_val_split(x, y, val_fraction=0.2, *, seed=0, stratify=False):
     """Split ``(x, y)`` at random into ``(x_train, y_train), (x_val, y_val)``.
 
     ``round(val_fraction * len(x))`` samples go to the validation set. With
@@ -363,7 +363,7 @@ def train_val_split(x, y, val_fraction=0.2, seed=0, stratify=False):
     return (x[train], y[train]), (x[val], y[val])
 
 
-def subset(x, y, n, seed=0):
+def subset(x, y, n, *, seed=0):
     """A random subset of ``n`` distinct samples of ``(x, y)``, for quick experiments."""
     _check_xy(x, y)
     check_int("n", n, low=1, high=len(x))
@@ -374,7 +374,7 @@ def subset(x, y, n, seed=0):
 
 # --------------------------------------------------------------------------- loaders
 
-def load_digits(test_fraction=0.2, seed=0, flatten=True):
+def load_digits(*, test_fraction=0.2, seed=0, flatten=True):
     """The UCI handwritten digits: 1,797 images of 8x8 pixels, labels 0-9.
 
     Pixels (integers 0..16 in the file) are scaled to float32 in [0, 1]. The
@@ -398,7 +398,7 @@ DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s
 """Names of the ten diabetes features (s1..s6 are blood serum measurements)."""
 
 
-def load_diabetes(test_fraction=0.2, seed=0, standardize=True):
+def load_diabetes(*, test_fraction=0.2, seed=0, standardize=True):
     """The diabetes regression data of Efron et al. (2004), "Least Angle Regression".
 
     442 patients, 10 baseline features (:data:`DIABETES_FEATURES`), target: a
@@ -428,7 +428,7 @@ def load_diabetes(test_fraction=0.2, seed=0, standardize=True):
     return (x_train.astype(f32), y[train].astype(f32)), (x_test.astype(f32), y[test].astype(f32))
 
 
-def load_fashion_mnist(flatten=True, download=True):
+def load_fashion_mnist(*, flatten=True, download=True):
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60,000 + 10,000 clothing images, 28x28.
 
     Files are looked for in :func:`data_dirs` (the repository ships them) and,

@@ -244,7 +244,7 @@ class Linear(Module):
     with a = sqrt(5)). Pass ``seed`` or ``rng`` for reproducible weights.
     """
 
-    def __init__(self, in_features, out_features, bias=True, seed=None, rng=None):
+    def __init__(self, in_features, out_features, bias=True, *, seed=None, rng=None):
         super().__init__()
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
@@ -263,7 +263,8 @@ class Linear(Module):
 class Conv2d(Module):
     """2-D convolution over NCHW input; weight (out, in, kh, kw), PyTorch's initialisation."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None, rng=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias=True, seed=None,
+                 rng=None):
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.out_channels = check_int("out_channels", out_channels, 1)
@@ -382,7 +383,7 @@ class AvgPool2d(_Pool2d):
 class Dropout(Module):
     """Inverted dropout: zero with probability p in training, identity in eval."""
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p=0.5, *, seed=None):
         super().__init__()
         self.p = check_number("p", p, 0, 1, "[)")
         self.rng = np.random.default_rng(seed)
@@ -409,7 +410,7 @@ def save(model: Module, path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(model: Module, path, strict: bool = True) -> Module:
+def load_state(model: Module, path, *, strict: bool = True) -> Module:
     """Load a file written by :func:`save` into ``model`` (in place) and return the model.
 
     A missing file raises ``FileNotFoundError``; a truncated or corrupt file, a

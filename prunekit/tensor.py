@@ -108,7 +108,7 @@ class Tensor:
 
     __array_priority__ = 100  # so that ndarray + Tensor calls Tensor.__radd__
 
-    def __init__(self, data, requires_grad: bool = False, _parents=(), _op: str = ""):
+    def __init__(self, data, *, requires_grad: bool = False, _parents=(), _op: str = ""):
         self.data = _as_array(data.data if isinstance(data, Tensor) else data)
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -558,7 +558,7 @@ class Tensor:
                 node._backward()
 
 
-def gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
+def gradcheck(f, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
     """Compare ``backward()`` with central finite differences; raise AssertionError on mismatch.
 
     ``inputs`` are float64 Tensors with ``requires_grad=True``; ``f(*inputs)`` returns a

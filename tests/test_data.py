@@ -434,13 +434,13 @@ def test_train_val_split_is_a_partition(n, fraction, seed):
     k = int(round(fraction * n))
     if k in (0, n):
         with pytest.raises(ValueError, match="val_fraction must be"):
-            train_val_split(x, y, fraction, seed)
+            train_val_split(x, y, fraction, seed=seed)
         return
-    (xa, ya), (xb, yb) = train_val_split(x, y, fraction, seed)
+    (xa, ya), (xb, yb) = train_val_split(x, y, fraction, seed=seed)
     assert len(yb) == k
     np.testing.assert_array_equal(np.sort(np.concatenate([ya, yb])), y)
     np.testing.assert_array_equal(xa[:, 0], ya * 1.5)
-    (_, ya2), (_, yb2) = train_val_split(x, y, fraction, seed)
+    (_, ya2), (_, yb2) = train_val_split(x, y, fraction, seed=seed)
     np.testing.assert_array_equal(yb, yb2)
 
 

@@ -262,3 +262,27 @@ def test_lazy_modules_exist_and_unknown_names_are_attribute_errors():
         assert importlib.util.find_spec(f"prunekit.{name}") is not None, name
     with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
         pk.not_a_module  # noqa: B018
+
+
+# ------------------------------------------------------------ keyword-only after the leading arguments
+@pytest.mark.parametrize("call", [
+    lambda: pk.nn.Conv2d(1, 6, 5, 1, 2, False),       # torch's 6th positional is dilation, not bias
+    lambda: pk.nn.Linear(3, 2, True, 0),               # seed is keyword-only
+    lambda: pk.nn.Dropout(0.5, 0),
+    lambda: pk.models.lenet5(0),
+    lambda: pk.models.mlp([2, 3], "relu", 0),
+    lambda: pk.data.load_digits(0.2),
+    lambda: pk.data.subset(np.zeros((4, 1)), np.zeros(4), 2, 0),
+    lambda: pk.Tensor([1.0], True),                    # torch.tensor(data, *, requires_grad=...)
+    lambda: pk.data.DataLoader(np.zeros((4, 1)), np.zeros(4), 2, True),
+])
+def test_options_after_the_leading_arguments_are_keyword_only(call):
+    with pytest.raises(TypeError, match="positional argument"):
+        call()
+
+
+def test_the_same_calls_with_keywords_work():
+    assert pk.nn.Conv2d(1, 6, 5, 1, 2, bias=False, seed=0).bias is None
+    assert pk.nn.Linear(3, 2, False, seed=0).bias is None      # bias stays positional, as in torch
+    assert pk.Tensor([1.0], requires_grad=True).requires_grad
+    assert len(pk.data.DataLoader(np.zeros((4, 1)), np.zeros(4), 2, shuffle=True, seed=0)) == 2
