@@ -64,6 +64,15 @@ def _as_array(data) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
+def _numpy_only_defaults(method, dtype, out):
+    """``np.sum(t)``, ``np.mean(t)``, ``np.max(t)`` call our methods with ``out=None`` (and
+    ``dtype=None``): accept those defaults, refuse what a Tensor cannot honour."""
+    if out is not None:
+        raise TypeError(f"Tensor.{method}(): out must be None (a Tensor makes its own output), got {type(out).__name__}.")
+    if dtype is not None:
+        raise TypeError(f"Tensor.{method}(): dtype must be None (use .astype() first), got {dtype!r}.")
+
+
 class Size(int):
     """A tensor's ``size``: the number of elements that also answers PyTorch's ``size()`` calls.
 
@@ -82,6 +91,9 @@ class Size(int):
 
     def __call__(self, dim=None):
         return self.shape if dim is None else self.shape[dim]
+
+    def __getnewargs__(self):  # copy.copy / deepcopy rebuild it from the shape
+        return (self.shape,)
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -345,8 +357,9 @@ class Tensor:
             out._backward = _backward
         return out
 
-    def sum(self, axis=None, keepdims=False):
-        """Sum over ``axis`` (None, int or tuple), NumPy semantics."""
+    def sum(self, axis=None, keepdims=False, *, dtype=None, out=None):
+        """Sum over ``axis`` (None, int or tuple), NumPy semantics (``np.sum(t)`` calls this)."""
+        _numpy_only_defaults("sum", dtype, out)
         out = self._make(self.data.sum(axis=axis, keepdims=keepdims), (self,), "sum")
         if out.requires_grad:
             def _backward():
@@ -357,8 +370,9 @@ class Tensor:
             out._backward = _backward
         return out
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, out=None):
         """Maximum over ``axis``; the gradient is shared equally between tied maxima."""
+        _numpy_only_defaults("max", None, out)
         m = self.data.max(axis=axis, keepdims=True)
         out = self._make(m if keepdims else np.squeeze(m, axis=axis), (self,), "max")
         if out.requires_grad:
@@ -500,8 +514,9 @@ class Tensor:
     __radd__ = __add__
     __rmul__ = __mul__
 
-    def mean(self, axis=None, keepdims=False):
-        """Mean over ``axis`` = sum / count."""
+    def mean(self, axis=None, keepdims=False, *, dtype=None, out=None):
+        """Mean over ``axis`` = sum / count (``np.mean(t)`` calls this)."""
+        _numpy_only_defaults("mean", dtype, out)
         axes = range(self.ndim) if axis is None else np.atleast_1d(axis)
         count = int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)

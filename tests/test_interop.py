@@ -6,6 +6,8 @@ Expected values are computed by hand, or are what PyTorch documents for the same
 ``size()`` is the shape and ``size(d)`` one axis, ``DataLoader(dataset, batch_size)``
 stacks ``(x_i, y_i)`` items into batches.
 """
+import copy
+import json
 import subprocess
 import sys
 
@@ -47,6 +49,20 @@ def test_numpy_functions_read_a_tensor():
     np.testing.assert_array_equal(np.stack([Tensor([1.0, 2.0]), Tensor([3.0, 4.0])]), [[1, 2], [3, 4]])
 
 
+def test_numpy_reductions_call_the_tensor_methods_and_keep_the_graph():
+    # np.sum/np.mean/np.max call t.sum(axis=..., out=None[, dtype=None]), as they do for torch tensors.
+    t = Tensor([[1.0, 2.0], [3.0, 6.0]], requires_grad=True)
+    assert isinstance(np.sum(t), Tensor) and np.sum(t).item() == 12.0
+    assert np.mean(t, axis=1).tolist() == [1.5, 4.5]
+    assert np.max(t, 0, keepdims=True).tolist() == [[3.0, 6.0]]
+    np.mean(t).backward()
+    np.testing.assert_array_equal(t.grad, np.full((2, 2), 0.25))
+    with pytest.raises(TypeError, match=r"Tensor.sum\(\): dtype must be None"):
+        np.sum(t, dtype=np.float64)
+    with pytest.raises(TypeError, match=r"Tensor.max\(\): out must be None"):
+        np.max(t, out=np.zeros(()))
+
+
 def test_ndarray_op_tensor_still_builds_a_tensor():
     # __array__ must not make NumPy swallow the Tensor: the reflected op keeps the graph.
     w = Tensor([1.0, 2.0], requires_grad=True)
@@ -85,6 +101,9 @@ def test_size_numel_dim():
     assert T.size == 6 and T.size + 1 == 7                            # NumPy: a count
     assert T.numel() == 6 and T.dim() == 2 and Tensor(3.0).dim() == 0 and Tensor(3.0).size() == ()
     assert Tensor(np.zeros((4, 0))).numel() == 0
+    size = copy.deepcopy(T.size)                                        # copies keep both faces
+    assert size == 6 and size() == (2, 3) and json.dumps({"n": T.size}) == '{"n": 6}'
+    assert np.zeros(T.size).shape == (6,) and np.int64(T.size) == 6
 
 
 def test_detach_and_numpy():
