@@ -68,7 +68,8 @@ def _numpy_only_defaults(method, dtype, out):
     """``np.sum(t)``, ``np.mean(t)``, ``np.max(t)`` call our methods with ``out=None`` (and
     ``dtype=None``): accept those defaults, refuse what a Tensor cannot honour."""
     if out is not None:
-        raise TypeError(f"Tensor.{method}(): out must be None (a Tensor makes its own output), got {type(out).__name__}.")
+        raise TypeError(f"Tensor.{method}(): out must be None (a Tensor makes its own output), "
+                        f"got {type(out).__name__}.")
     if dtype is not None:
         raise TypeError(f"Tensor.{method}(): dtype must be None (use .astype() first), got {dtype!r}.")
 
@@ -200,7 +201,7 @@ class Tensor:
             raise exc(f"{kind}(): only a one-element Tensor has a single value, got shape {self.shape}.")
         return self.data.reshape(-1)[0]
 
-    def argmax(self, dim=None, keepdim=False) -> np.ndarray:
+    def argmax(self, dim=None, keepdim=False):
         """Index of the largest value along ``dim`` (of the flattened tensor if None), as int64.
 
         PyTorch returns an int64 tensor; ours is an int64 ndarray, since a Tensor holds floats.

@@ -6,10 +6,11 @@ This module is pure NumPy and knows nothing about models. It follows
 * **How many.** ``amount`` is a fraction in [0, 1] or an int count. A fraction becomes
   ``round(amount * n)`` weights (Python's ``round``: halves go to the even neighbour,
   so ``round(0.5 * 5) == 2``), where ``n`` counts only the weights that are *still
-  unpruned*. The product is taken in the amount's own type, as torch does: a
-  ``np.float32(0.7)`` of 5 weights is ``np.float32(3.5)`` -> 4 weights, whereas the same
-  value turned into a Python float first (0.699999988...) gives 3.49999994 -> 3. Pruning again therefore composes: pruned weights stay pruned and the
-  amount applies to what is left (torch's ``PruningContainer``).
+  unpruned*. Pruning again therefore composes: pruned weights stay pruned and the
+  amount applies to what is left (torch's ``PruningContainer``). The product is taken
+  in the amount's own type, as torch does: a ``np.float32(0.7)`` of 5 weights is
+  ``np.float32(3.5)`` -> 4 weights, whereas the same value turned into a Python float
+  first (0.699999988...) gives 3.49999994 -> 3.
 * **Which ones.** The ``k`` unpruned weights with the smallest scores are removed
   (torch: ``topk(largest=False)``).
 * **Ties.** torch does not specify which of several equal scores ``topk`` returns
