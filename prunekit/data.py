@@ -11,8 +11,9 @@ needs no download:
 Every loader returns ``(x_train, y_train), (x_test, y_test)`` as NumPy arrays:
 float32 features and int64 class labels (float32 targets for diabetes).
 
-:class:`DataLoader` cuts a dataset into mini-batches, optionally shuffled with
-a seed, which is all a training loop needs.
+:class:`DataLoader` cuts a dataset (arrays ``x`` and ``y``, or any object with
+``__len__`` and ``__getitem__(i) -> (x_i, y_i)``, as in PyTorch) into mini-batches,
+optionally shuffled with a seed, which is all a training loop needs.
 
 Every data file is checked against a SHA-256 before its contents are used; a
 missing, truncated or altered file raises an error that names the file. No
@@ -42,6 +43,7 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "DataLoader",
+    "ArrayDataset",
     "train_val_split",
     "subset",
     "data_dirs",
@@ -493,10 +495,9 @@ class DataLoader:
         batch_size = 1 if batch_size is None else batch_size
         if y is None:
             _check_dataset(x)
-            self.dataset, self.x, self.y = x, None, None
+            self.dataset = x
         else:
-            _check_xy(x, y)
-            self.dataset, self.x, self.y = None, x, y
+            self.dataset = ArrayDataset(x, y)
         check_int("batch_size", batch_size, low=1)
         if not isinstance(shuffle, bool):
             fail("shuffle", "a bool", shuffle, TypeError)
@@ -510,8 +511,8 @@ class DataLoader:
 
     @property
     def n_samples(self):
-        """Number of samples in the dataset."""
-        return len(self.x) if self.dataset is None else len(self.dataset)
+        """Number of samples in the dataset (``len(loader.dataset)``)."""
+        return len(self.dataset)
 
     def __len__(self):
         n, b = self.n_samples, self.batch_size
@@ -520,20 +521,40 @@ class DataLoader:
     def __iter__(self):
         n, b = self.n_samples, self.batch_size
         order = self.rng.permutation(n) if self.shuffle else None
+        arrays = self.dataset if isinstance(self.dataset, ArrayDataset) else None
         for start in range(0, len(self) * b, b):
-            if self.dataset is not None:
-                idx = range(start, min(start + b, n)) if order is None else order[start:start + b]
-                yield _collate([self.dataset[int(i)] for i in idx])
-            elif order is None:
-                yield self.x[start:start + b], self.y[start:start + b]
+            idx = slice(start, start + b) if order is None else order[start:start + b]
+            if arrays is not None:  # arrays are cut with one slice or fancy index, not item by item
+                yield arrays.x[idx], arrays.y[idx]
             else:
-                idx = order[start:start + b]
-                yield self.x[idx], self.y[idx]
+                items = range(n)[idx] if order is None else idx
+                yield _collate([self.dataset[int(i)] for i in items])
 
     def __repr__(self):
-        what = "" if self.dataset is None else f"dataset={type(self.dataset).__name__}, "
+        what = "" if isinstance(self.dataset, ArrayDataset) else f"dataset={type(self.dataset).__name__}, "
         return (f"DataLoader({what}n_samples={self.n_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, batches={len(self)})")
+
+
+class ArrayDataset:
+    """Arrays ``x`` and ``y`` seen as a dataset: item ``i`` is ``(x[i], y[i])`` (torch's TensorDataset).
+
+    ``DataLoader(x, y, 64)`` wraps its arrays in one (``loader.dataset``); batches of it are
+    cut from the arrays directly, without going item by item.
+    """
+
+    def __init__(self, x, y):
+        _check_xy(x, y)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __repr__(self):
+        return f"ArrayDataset(x shape {self.x.shape}, y shape {self.y.shape})"
 
 
 def _is_dataset(obj):

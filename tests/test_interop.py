@@ -227,6 +227,24 @@ def test_dataset_and_arrays_give_the_same_batches():
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_arrays_are_an_array_dataset_as_in_torch():
+    x, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+    loader = DataLoader(x, y, 4)
+    assert isinstance(loader.dataset, pk.data.ArrayDataset) and len(loader.dataset) == 6  # len(loader.dataset)
+    xi, yi = loader.dataset[2]
+    assert xi.tolist() == [4.0, 5.0] and yi == 2
+    first = next(iter(loader))[0]
+    assert np.shares_memory(first, x)                    # unshuffled array batches stay views
+    wrapped = DataLoader(pk.data.ArrayDataset(x, y), 4, shuffle=True, seed=1)
+    plain = DataLoader(x, y, 4, shuffle=True, seed=1)
+    for (xa, ya), (xb, yb) in zip(wrapped, plain, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert repr(loader) == "DataLoader(n_samples=6, batch_size=4, shuffle=False, drop_last=False, batches=2)"
+    with pytest.raises(ValueError, match=r"ArrayDataset\(\): y must be an array with as many samples as x"):
+        pk.data.ArrayDataset(x, y[:5])
+
+
 def test_a_list_of_pairs_is_a_dataset():
     pairs = [(np.array([1.0, 2.0]), 0), (np.array([3.0, 4.0]), 1), (np.array([5.0, 6.0]), 1)]
     (xb, yb), = list(DataLoader(pairs, batch_size=3))
