@@ -8,9 +8,11 @@
     pk.evaluate(model, (xt, yt))
 
 The core (tensor, functional, nn, optim, models, train) is imported eagerly and
-needs only NumPy. Heavier parts (pruning, sparse, quant, distributed, viz,
-widgets, data) are imported on first access, and numba kernels compile on first
-use, so ``import prunekit`` stays fast.
+needs only NumPy. The other modules (data, pruning, sparse, viz, widgets) are
+imported on first access, and numba kernels compile on first use, so
+``import prunekit`` stays fast. ``pk.set_backend("numpy")`` (or the environment
+variable ``PRUNEKIT_BACKEND=numpy``) runs every op's NumPy reference instead of
+its numba kernel.
 """
 from __future__ import annotations
 

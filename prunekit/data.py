@@ -11,8 +11,9 @@ needs no download:
 Every loader returns ``(x_train, y_train), (x_test, y_test)`` as NumPy arrays:
 float32 features and int64 class labels (float32 targets for diabetes).
 
-:class:`DataLoader` cuts a dataset into mini-batches, optionally shuffled with
-a seed, which is all a training loop needs.
+:class:`DataLoader` cuts a dataset (arrays ``x`` and ``y``, or any object with
+``__len__`` and ``__getitem__(i) -> (x_i, y_i)``, as in PyTorch) into mini-batches,
+optionally shuffled with a seed, which is all a training loop needs.
 
 Every data file is checked against a SHA-256 before its contents are used; a
 missing, truncated or altered file raises an error that names the file. No
@@ -42,6 +43,7 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "DataLoader",
+    "ArrayDataset",
     "train_val_split",
     "subset",
     "data_dirs",
@@ -264,7 +266,7 @@ def _parse_idx(buf: bytes, where: str, expected_shape: tuple | None = None) -> n
     return arr
 
 
-def read_idx(path, expected_shape=None) -> np.ndarray:
+def read_idx(path, *, expected_shape=None) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or not, into a new array.
 
     The header is checked against the file size (and against ``expected_shape``
@@ -345,7 +347,7 @@ def _check_xy(x, y):
         fail("y", f"an array with as many samples as x ({len(x)})", f"shape {y.shape}")
 
 
-def train_val_split(x, y, val_fraction=0.2, seed=0, stratify=False):
+def train_val_split(x, y, val_fraction=0.2, *, seed=0, stratify=False):
     """Split ``(x, y)`` at random into ``(x_train, y_train), (x_val, y_val)``.
 
     ``round(val_fraction * len(x))`` samples go to the validation set. With
@@ -363,7 +365,7 @@ def train_val_split(x, y, val_fraction=0.2, seed=0, stratify=False):
     return (x[train], y[train]), (x[val], y[val])
 
 
-def subset(x, y, n, seed=0):
+def subset(x, y, n, *, seed=0):
     """A random subset of ``n`` distinct samples of ``(x, y)``, for quick experiments."""
     _check_xy(x, y)
     check_int("n", n, low=1, high=len(x))
@@ -374,7 +376,7 @@ def subset(x, y, n, seed=0):
 
 # --------------------------------------------------------------------------- loaders
 
-def load_digits(test_fraction=0.2, seed=0, flatten=True):
+def load_digits(*, test_fraction=0.2, seed=0, flatten=True):
     """The UCI handwritten digits: 1,797 images of 8x8 pixels, labels 0-9.
 
     Pixels (integers 0..16 in the file) are scaled to float32 in [0, 1]. The
@@ -398,7 +400,7 @@ DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s
 """Names of the ten diabetes features (s1..s6 are blood serum measurements)."""
 
 
-def load_diabetes(test_fraction=0.2, seed=0, standardize=True):
+def load_diabetes(*, test_fraction=0.2, seed=0, standardize=True):
     """The diabetes regression data of Efron et al. (2004), "Least Angle Regression".
 
     442 patients, 10 baseline features (:data:`DIABETES_FEATURES`), target: a
@@ -428,7 +430,7 @@ def load_diabetes(test_fraction=0.2, seed=0, standardize=True):
     return (x_train.astype(f32), y[train].astype(f32)), (x_test.astype(f32), y[test].astype(f32))
 
 
-def load_fashion_mnist(flatten=True, download=True):
+def load_fashion_mnist(*, flatten=True, download=True):
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60,000 + 10,000 clothing images, 28x28.
 
     Files are looked for in :func:`data_dirs` (the repository ships them) and,
@@ -461,27 +463,47 @@ def load_fashion_mnist(flatten=True, download=True):
 # --------------------------------------------------------------------------- batches
 
 class DataLoader:
-    """Iterate over ``(x, y)`` in mini-batches ``(xb, yb)`` of ``batch_size`` samples.
+    """Iterate over a dataset in mini-batches ``(xb, yb)`` of ``batch_size`` samples.
 
-    One pass (``for xb, yb in loader``) is one epoch and yields ``len(loader)``
-    batches: ``ceil(N / batch_size)``, or ``floor(N / batch_size)`` with
-    ``drop_last=True`` (the last, smaller batch is then skipped).
+    Two ways to give the samples:
+
+    * ``DataLoader(x, y, 64)``: two arrays with one sample per row (axis 0);
+    * ``DataLoader(dataset, batch_size=64)``, as in PyTorch: any object with
+      ``__len__`` and ``__getitem__(i) -> (x_i, y_i)`` (a list of pairs will do).
+      Each batch fetches its items and stacks them, ``xb = np.stack([x_i, ...])``
+      and ``yb = np.asarray([y_i, ...])`` (PyTorch's default collation), so a dataset
+      that builds its samples on the fly (say, with random augmentation) does so
+      again every epoch. ``DataLoader(dataset, 64)`` also works, as in PyTorch.
+
+    ``batch_size`` defaults to 1, as in PyTorch. One pass (``for xb, yb in loader``)
+    is one epoch and yields ``len(loader)`` batches: ``ceil(N / batch_size)``, or
+    ``floor(N / batch_size)`` with ``drop_last=True`` (the last, smaller batch is
+    then skipped).
 
     With ``shuffle=True`` each epoch visits the samples in a new random order,
     drawn from ``np.random.default_rng(seed)`` made once here: the same seed gives
-    the same sequence of epochs. ``seed`` may also be a ``numpy.random.Generator``.
-    Without shuffling, batches are views of ``x`` and ``y`` in their order.
+    the same sequence of epochs, whichever way the samples were given. ``seed`` may
+    also be a ``numpy.random.Generator``. Without shuffling, array batches are views
+    of ``x`` and ``y`` in their order.
     """
 
-    def __init__(self, x, y, batch_size, shuffle=False, seed=None, drop_last=False):
-        _check_xy(x, y)
+    def __init__(self, x, y=None, batch_size=None, *, shuffle=False, seed=None, drop_last=False):
+        if y is not None and not isinstance(y, np.ndarray) and _is_dataset(x) and not isinstance(x, np.ndarray):
+            if batch_size is not None:  # DataLoader(dataset, 64, 32): two batch sizes
+                fail("batch_size", "given once (DataLoader(dataset, batch_size) takes no y)", batch_size, TypeError)
+            y, batch_size = None, y  # PyTorch's DataLoader(dataset, 64)
+        batch_size = 1 if batch_size is None else batch_size
+        if y is None:
+            _check_dataset(x)
+            self.dataset = x
+        else:
+            self.dataset = ArrayDataset(x, y)
         check_int("batch_size", batch_size, low=1)
         if not isinstance(shuffle, bool):
             fail("shuffle", "a bool", shuffle, TypeError)
         if not isinstance(drop_last, bool):
             fail("drop_last", "a bool", drop_last, TypeError)
         _check_seed(seed)
-        self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -489,23 +511,77 @@ class DataLoader:
 
     @property
     def n_samples(self):
-        """Number of samples in the dataset."""
-        return len(self.x)
+        """Number of samples in the dataset (``len(loader.dataset)``)."""
+        return len(self.dataset)
 
     def __len__(self):
-        n, b = len(self.x), self.batch_size
+        n, b = self.n_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self):
-        n, b = len(self.x), self.batch_size
+        n, b = self.n_samples, self.batch_size
         order = self.rng.permutation(n) if self.shuffle else None
+        arrays = self.dataset if isinstance(self.dataset, ArrayDataset) else None
         for start in range(0, len(self) * b, b):
-            if order is None:
-                yield self.x[start:start + b], self.y[start:start + b]
+            idx = slice(start, start + b) if order is None else order[start:start + b]
+            if arrays is not None:  # arrays are cut with one slice or fancy index, not item by item
+                yield arrays.x[idx], arrays.y[idx]
             else:
-                idx = order[start:start + b]
-                yield self.x[idx], self.y[idx]
+                items = range(n)[idx] if order is None else idx
+                yield _collate([self.dataset[int(i)] for i in items])
 
     def __repr__(self):
-        return (f"DataLoader(n_samples={len(self.x)}, batch_size={self.batch_size}, "
+        what = "" if isinstance(self.dataset, ArrayDataset) else f"dataset={type(self.dataset).__name__}, "
+        return (f"DataLoader({what}n_samples={self.n_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, batches={len(self)})")
+
+
+class ArrayDataset:
+    """Arrays ``x`` and ``y`` seen as a dataset: item ``i`` is ``(x[i], y[i])`` (torch's TensorDataset).
+
+    ``DataLoader(x, y, 64)`` wraps its arrays in one (``loader.dataset``); batches of it are
+    cut from the arrays directly, without going item by item.
+    """
+
+    def __init__(self, x, y):
+        _check_xy(x, y)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __repr__(self):
+        return f"ArrayDataset(x shape {self.x.shape}, y shape {self.y.shape})"
+
+
+def _is_dataset(obj):
+    return hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes, dict))
+
+
+def _check_dataset(dataset):
+    """A dataset must have samples, and its items must be ``(x, y)`` pairs (the first is looked at)."""
+    if isinstance(dataset, np.ndarray):
+        fail("y", "an array of targets when x is an array (or pass a dataset whose items are (x, y) pairs)",
+             None, TypeError)
+    if not _is_dataset(dataset):
+        fail("dataset", "an object with __len__ and __getitem__(i) -> (x, y), or arrays x and y",
+             type(dataset).__name__, TypeError)
+    if len(dataset) == 0:
+        fail("dataset", "non-empty (at least one sample)", "an empty dataset")
+    _check_item(dataset[0], 0)
+
+
+def _check_item(item, i):
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        fail("dataset", "a dataset whose items are (x, y) pairs",
+             f"item {i} of type {type(item).__name__}", TypeError)
+
+
+def _collate(items):
+    """A list of ``(x_i, y_i)`` pairs -> the batch ``(np.stack(xs), np.asarray(ys))``."""
+    for i, item in enumerate(items):
+        _check_item(item, i)
+    return np.stack([np.asarray(it[0]) for it in items]), np.asarray([it[1] for it in items])

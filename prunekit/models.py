@@ -14,7 +14,7 @@ __all__ = ["mlp", "lenet_300_100", "lenet5", "resnet_small", "ResidualBlock", "G
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-def mlp(sizes, activation="relu", seed=None) -> nn.Sequential:
+def mlp(sizes, activation="relu", *, seed=None) -> nn.Sequential:
     """A multi-layer perceptron: Linear(sizes[0], sizes[1]), activation, ..., Linear(sizes[-2], sizes[-1]).
 
     >>> mlp([64, 128, 10])   # 64 inputs, one hidden layer of 128, 10 outputs
@@ -32,12 +32,12 @@ def mlp(sizes, activation="relu", seed=None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def lenet_300_100(seed=None) -> nn.Sequential:
+def lenet_300_100(*, seed=None) -> nn.Sequential:
     """LeNet-300-100 (LeCun et al. 1998): 784 -> 300 -> 100 -> 10 with ReLU; takes flattened 28x28 images."""
     return mlp([784, 300, 100, 10], seed=seed)
 
 
-def lenet5(seed=None) -> nn.Sequential:
+def lenet5(*, seed=None) -> nn.Sequential:
     """LeNet-5 for 1x28x28 images: two 5x5 conv + max-pool stages (6, 16 channels), then 400-120-84-10."""
     rng = np.random.default_rng(seed)
     return nn.Sequential(
@@ -84,7 +84,7 @@ class ResidualBlock(nn.Module):
         return (h + self.shortcut(x)).relu()
 
 
-def resnet_small(channels=(16, 32, 64), num_classes=10, seed=None) -> nn.Sequential:
+def resnet_small(channels=(16, 32, 64), num_classes=10, *, seed=None) -> nn.Sequential:
     """A small residual CNN for 1x28x28 inputs: stem, one residual block per stage
     (stride 2 from the second stage), global average pooling, linear classifier."""
     rng = np.random.default_rng(seed)

@@ -244,7 +244,7 @@ class Linear(Module):
     with a = sqrt(5)). Pass ``seed`` or ``rng`` for reproducible weights.
     """
 
-    def __init__(self, in_features, out_features, bias=True, seed=None, rng=None):
+    def __init__(self, in_features, out_features, bias=True, *, seed=None, rng=None):
         super().__init__()
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
@@ -263,7 +263,8 @@ class Linear(Module):
 class Conv2d(Module):
     """2-D convolution over NCHW input; weight (out, in, kh, kw), PyTorch's initialisation."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None, rng=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias=True, seed=None,
+                 rng=None):
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.out_channels = check_int("out_channels", out_channels, 1)
@@ -353,22 +354,26 @@ class Flatten(Module):
         return F.flatten(x)
 
 
-class MaxPool2d(Module):
-    """Max over kernel_size windows (stride defaults to kernel_size)."""
+class _Pool2d(Module):
+    """What max and average pooling share: a window (``kernel_size``) slid by ``stride``."""
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size = F._pair("kernel_size", kernel_size)
         self.stride = self.kernel_size if stride is None else F._pair("stride", stride)
 
-    def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride)
-
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class AvgPool2d(MaxPool2d):
+class MaxPool2d(_Pool2d):
+    """Max over kernel_size windows (stride defaults to kernel_size)."""
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+class AvgPool2d(_Pool2d):
     """Mean over kernel_size windows (stride defaults to kernel_size)."""
 
     def forward(self, x):
@@ -378,7 +383,7 @@ class AvgPool2d(MaxPool2d):
 class Dropout(Module):
     """Inverted dropout: zero with probability p in training, identity in eval."""
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p=0.5, *, seed=None):
         super().__init__()
         self.p = check_number("p", p, 0, 1, "[)")
         self.rng = np.random.default_rng(seed)
@@ -405,20 +410,24 @@ def save(model: Module, path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(model: Module, path, strict: bool = True) -> Module:
+def load_state(model: Module, path, *, strict: bool = True) -> Module:
     """Load a file written by :func:`save` into ``model`` (in place) and return the model.
 
-    A truncated or corrupt file, a missing key or a wrong shape raises an error
-    naming the file and the key.
+    A missing file raises ``FileNotFoundError``; a truncated or corrupt file, a
+    missing key or a wrong shape raises an error naming the file and the key.
     """
     path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+    if not os.path.exists(path):
+        if not os.path.exists(path + ".npz"):
+            nor = "" if path.endswith(".npz") else f", nor {path + '.npz'!r}"
+            fail("path", "an existing file written by save()", f"{path!r} (no such file{nor})",
+                 FileNotFoundError)
         path += ".npz"  # save() adds the suffix, so load_state accepts the same name
     try:
         with np.load(path, allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise ValueError(f"load_state: '{path}' is not a readable prunekit .npz file ({e}).") from e
+        raise ValueError(f"load_state(): '{path}' is not a readable prunekit .npz file ({e}).") from e
     try:
         return model.load_state_dict(state, strict=strict)
     except (KeyError, ValueError) as e:

@@ -20,11 +20,12 @@ pass, its gradient is summed back to the input's shape (:func:`unbroadcast`).
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 
 import numpy as np
 
-__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "gradcheck", "unbroadcast"]
+__all__ = ["Tensor", "Size", "no_grad", "enable_grad", "is_grad_enabled", "gradcheck", "unbroadcast"]
 
 _GRAD_ENABLED = True
 
@@ -63,6 +64,39 @@ def _as_array(data) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
+def _numpy_only_defaults(method, dtype, out):
+    """``np.sum(t)``, ``np.mean(t)``, ``np.max(t)`` call our methods with ``out=None`` (and
+    ``dtype=None``): accept those defaults, refuse what a Tensor cannot honour."""
+    if out is not None:
+        raise TypeError(f"Tensor.{method}(): out must be None (a Tensor makes its own output), "
+                        f"got {type(out).__name__}.")
+    if dtype is not None:
+        raise TypeError(f"Tensor.{method}(): dtype must be None (use .astype() first), got {dtype!r}.")
+
+
+class Size(int):
+    """A tensor's ``size``: the number of elements that also answers PyTorch's ``size()`` calls.
+
+    NumPy users read ``t.size`` (a count) and PyTorch users call ``t.size()`` (the shape)
+    or ``t.size(0)`` (one axis); this int does both.
+
+    >>> t = Tensor(np.zeros((2, 3)))
+    >>> t.size, t.size(), t.size(0), t.size(-1)
+    (6, (2, 3), 2, 3)
+    """
+
+    def __new__(cls, shape):
+        self = super().__new__(cls, math.prod(shape))
+        self.shape = tuple(shape)
+        return self
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def __getnewargs__(self):  # copy.copy / deepcopy rebuild it from the shape
+        return (self.shape,)
+
+
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum ``grad`` over the axes that broadcasting stretched, so it has ``shape`` again."""
     if grad.shape == shape:
@@ -87,7 +121,7 @@ class Tensor:
 
     __array_priority__ = 100  # so that ndarray + Tensor calls Tensor.__radd__
 
-    def __init__(self, data, requires_grad: bool = False, _parents=(), _op: str = ""):
+    def __init__(self, data, *, requires_grad: bool = False, _parents=(), _op: str = ""):
         self.data = _as_array(data.data if isinstance(data, Tensor) else data)
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -110,7 +144,16 @@ class Tensor:
 
     @property
     def size(self):
+        """Number of elements, as in NumPy; called, the shape, as in PyTorch (see :class:`Size`)."""
+        return Size(self.data.shape)
+
+    def numel(self) -> int:
+        """Number of elements (PyTorch's name for NumPy's ``size``)."""
         return self.data.size
+
+    def dim(self) -> int:
+        """Number of axes (PyTorch's name for NumPy's ``ndim``)."""
+        return self.data.ndim
 
     def __len__(self):
         return len(self.data)
@@ -122,6 +165,75 @@ class Tensor:
     def item(self) -> float:
         """The value of a one-element tensor as a Python float."""
         return self.data.item()
+
+    def tolist(self):
+        """The values as (nested) Python lists of floats; a 0-d tensor gives a float."""
+        return self.data.tolist()
+
+    # ------------------------------------------- NumPy and PyTorch interplay
+    # What a user of NumPy or PyTorch types just works: np.asarray(out), np.argmax(out, 1),
+    # (out.argmax(1) == y).mean(), float(loss). None of it builds graph nodes.
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)`` is ``t.data`` itself; a copy only if ``dtype`` or ``copy=True`` asks.
+
+        NumPy 2's ``copy`` keyword: ``copy=False`` refuses (ValueError) a dtype change,
+        which would need a copy.
+        """
+        if dtype is None or np.dtype(dtype) == self.dtype:
+            return self.data.copy() if copy else self.data
+        if copy is False:
+            raise ValueError(f"Tensor.__array__(): a {self.dtype} tensor cannot become {np.dtype(dtype)} "
+                             f"without a copy, but copy=False was given.")
+        return self.data.astype(dtype)
+
+    def __float__(self):
+        return float(self._one_value("float", TypeError))
+
+    def __int__(self):
+        return int(self._one_value("int", TypeError))  # truncates toward zero, as int(2.7) and PyTorch do
+
+    def __bool__(self):
+        return bool(self._one_value("bool", ValueError))  # the exceptions NumPy raises for arrays
+
+    def _one_value(self, kind, exc):
+        if self.data.size != 1:
+            raise exc(f"{kind}(): only a one-element Tensor has a single value, got shape {self.shape}.")
+        return self.data.reshape(-1)[0]
+
+    def argmax(self, dim=None, keepdim=False):
+        """Index of the largest value along ``dim`` (of the flattened tensor if None), as int64.
+
+        PyTorch returns an int64 tensor; ours is an int64 ndarray, since a Tensor holds floats.
+        ``np.argmax(t, 1)`` works too (NumPy reads ``t`` through ``__array__``).
+        """
+        return self.data.argmax(axis=dim, keepdims=keepdim)
+
+    def _compared(self, other, op):
+        """``op(self.data, other)`` as a boolean ndarray (PyTorch gives a bool tensor); no gradient."""
+        if isinstance(other, Tensor):
+            other = other.data
+        elif not isinstance(other, (numbers.Number, np.ndarray, np.generic)):
+            return NotImplemented  # e.g. t == None is False, t < "a" a TypeError, as for any object
+        return op(self.data, other)
+
+    def __eq__(self, other):
+        return self._compared(other, np.equal)
+
+    def __ne__(self, other):
+        return self._compared(other, np.not_equal)
+
+    def __lt__(self, other):
+        return self._compared(other, np.less)
+
+    def __le__(self, other):
+        return self._compared(other, np.less_equal)
+
+    def __gt__(self, other):
+        return self._compared(other, np.greater)
+
+    def __ge__(self, other):
+        return self._compared(other, np.greater_equal)
 
     def detach(self) -> "Tensor":
         """A tensor sharing the data but cut from the graph."""
@@ -142,6 +254,9 @@ class Tensor:
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
     def __hash__(self):
+        # By identity, although == compares values: Tensors stay usable as dict keys and in sets
+        # (a dict compares keys with == only when their hashes match, so only a tensor with itself).
+        # ``t in some_list`` does compare values: use ``any(t is u for u in some_list)``.
         return id(self)
 
     # ------------------------------------------------------------- graph glue
@@ -243,8 +358,9 @@ class Tensor:
             out._backward = _backward
         return out
 
-    def sum(self, axis=None, keepdims=False):
-        """Sum over ``axis`` (None, int or tuple), NumPy semantics."""
+    def sum(self, axis=None, keepdims=False, *, dtype=None, out=None):
+        """Sum over ``axis`` (None, int or tuple), NumPy semantics (``np.sum(t)`` calls this)."""
+        _numpy_only_defaults("sum", dtype, out)
         out = self._make(self.data.sum(axis=axis, keepdims=keepdims), (self,), "sum")
         if out.requires_grad:
             def _backward():
@@ -255,8 +371,9 @@ class Tensor:
             out._backward = _backward
         return out
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, out=None):
         """Maximum over ``axis``; the gradient is shared equally between tied maxima."""
+        _numpy_only_defaults("max", None, out)
         m = self.data.max(axis=axis, keepdims=True)
         out = self._make(m if keepdims else np.squeeze(m, axis=axis), (self,), "max")
         if out.requires_grad:
@@ -398,8 +515,9 @@ class Tensor:
     __radd__ = __add__
     __rmul__ = __mul__
 
-    def mean(self, axis=None, keepdims=False):
-        """Mean over ``axis`` = sum / count."""
+    def mean(self, axis=None, keepdims=False, *, dtype=None, out=None):
+        """Mean over ``axis`` = sum / count (``np.mean(t)`` calls this)."""
+        _numpy_only_defaults("mean", dtype, out)
         axes = range(self.ndim) if axis is None else np.atleast_1d(axis)
         count = int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
@@ -456,7 +574,7 @@ class Tensor:
                 node._backward()
 
 
-def gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
+def gradcheck(f, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0) -> bool:
     """Compare ``backward()`` with central finite differences; raise AssertionError on mismatch.
 
     ``inputs`` are float64 Tensors with ``requires_grad=True``; ``f(*inputs)`` returns a

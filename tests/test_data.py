@@ -348,8 +348,15 @@ def test_dataloader_covers_every_sample_once_per_epoch(n, batch_size, shuffle, d
     y = np.arange(n)
     x = np.stack([y * 2.0, y * 3.0], axis=1)
     loader = DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    # the same samples given as a dataset of (x_i, y_i) pairs, as PyTorch takes them
+    as_dataset = DataLoader(list(zip(x, y)), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            drop_last=drop_last)
+    assert len(as_dataset) == len(loader) and as_dataset.n_samples == n
     for _epoch in range(2):
         batches = list(loader)
+        for (xa, ya), (xb, yb) in zip(list(as_dataset), batches, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
         assert len(batches) == len(loader)
         seen = np.concatenate([yb for _, yb in batches]) if batches else np.array([], int)
         for xb, yb in batches:
@@ -427,13 +434,13 @@ def test_train_val_split_is_a_partition(n, fraction, seed):
     k = int(round(fraction * n))
     if k in (0, n):
         with pytest.raises(ValueError, match="val_fraction must be"):
-            train_val_split(x, y, fraction, seed)
+            train_val_split(x, y, fraction, seed=seed)
         return
-    (xa, ya), (xb, yb) = train_val_split(x, y, fraction, seed)
+    (xa, ya), (xb, yb) = train_val_split(x, y, fraction, seed=seed)
     assert len(yb) == k
     np.testing.assert_array_equal(np.sort(np.concatenate([ya, yb])), y)
     np.testing.assert_array_equal(xa[:, 0], ya * 1.5)
-    (_, ya2), (_, yb2) = train_val_split(x, y, fraction, seed)
+    (_, ya2), (_, yb2) = train_val_split(x, y, fraction, seed=seed)
     np.testing.assert_array_equal(yb, yb2)
 
 

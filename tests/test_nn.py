@@ -228,6 +228,17 @@ def test_activation_pool_flatten_identity_modules():
     assert mp.kernel_size == (3, 3) and mp.stride == (1, 1) and mp(x).shape == (2, 3, 2, 2)
 
 
+def test_avg_pool_is_not_a_max_pool():
+    # Code that finds max pooling with isinstance (as pruning finds Linear) must not catch average pooling.
+    ap, mp = nn.AvgPool2d(2, stride=1), nn.MaxPool2d(2)
+    assert not isinstance(ap, nn.MaxPool2d) and not isinstance(mp, nn.AvgPool2d)
+    assert ap.kernel_size == (2, 2) and ap.stride == (1, 1) and mp.stride == (2, 2)
+    assert repr(ap) == "AvgPool2d(kernel_size=(2, 2), stride=(1, 1))"
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_allclose(ap(x).data[0, 0], [[2.0, 3.0], [5.0, 6.0]])   # means of 2x2 windows, by hand
+    np.testing.assert_array_equal(nn.MaxPool2d(2, stride=1)(x).data[0, 0], [[4.0, 5.0], [7.0, 8.0]])
+
+
 def test_dropout_module_train_and_eval():
     x = np.ones((50, 40), np.float32)
     a, b = nn.Dropout(0.25, seed=0), nn.Dropout(0.25, seed=0)
@@ -394,8 +405,21 @@ def test_load_state_missing_key_and_wrong_shape_name_the_key(tmp_path):
     np.savez(p2, **dict(state, **{"2.bias": np.zeros(7, np.float32)}))
     with pytest.raises(ValueError, match="2.bias"):
         nn.load_state(model, p2)
-    with pytest.raises((ValueError, OSError)):
-        nn.load_state(model, tmp_path / "does_not_exist.npz")
+
+
+def test_load_state_of_a_missing_file_is_file_not_found(tmp_path):
+    path = tmp_path / "does_not_exist.npz"
+    with pytest.raises(FileNotFoundError, match=r"load_state\(\): path must be an existing file written by "
+                                                r"save\(\), got '.*does_not_exist.npz' \(no such file\)"):
+        nn.load_state(tiny_mlp(), path)
+    with pytest.raises(FileNotFoundError, match=r"'.*ckpt' \(no such file, nor '.*ckpt.npz'\)"):
+        nn.load_state(tiny_mlp(), tmp_path / "ckpt")   # save()'s suffix was tried too
+    assert not list(tmp_path.iterdir())                # and nothing was created
+
+
+def test_load_state_of_a_folder_is_not_readable(tmp_path):
+    with pytest.raises(ValueError, match=r"load_state\(\): '.*' is not a readable prunekit .npz file"):
+        nn.load_state(tiny_mlp(), tmp_path)
 
 
 def test_load_state_refuses_pickled_objects(tmp_path):

@@ -5,12 +5,15 @@ The expected masks below were worked out by hand with torch.nn.utils.prune's rul
 checked once against torch 2.13 (l1_unstructured / global_unstructured) in a
 throw-away script -- these tests do not need torch.
 """
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 from prunekit import nn
 from prunekit import pruning as P
+from prunekit.pruning import ranking
 
 
 def linear(w):
@@ -47,6 +50,53 @@ def test_count_is_round_half_even(n, amount, k):
     assert int((m[0].weight.mask == 0).sum()) == k
     # the k smallest are the first k (weights are 1..n)
     np.testing.assert_array_equal(m[0].weight.mask[0], (np.arange(n) >= k).astype(np.float32))
+
+
+def _torch_count(amount, n):
+    """torch's ``round(amount * n)`` restated exactly: the product of the amount's value and
+    ``n`` is rounded once to the amount's own precision (IEEE multiplication), then to the
+    nearest integer, halves to even (Python's round). With ``n`` < 2**29 the exact product of a
+    float32 (24-bit) or float16 (11-bit) significand and ``n`` fits a float64, so ``float(exact)``
+    is exact and the cast to the amount's type is the one rounding."""
+    exact = Fraction(float(amount)) * n
+    product = type(amount)(float(exact)) if isinstance(amount, np.floating) else float(exact)
+    return round(Fraction(float(product)))
+
+
+def test_float32_amount_rounds_in_float32_as_torch():
+    # float32(0.7) = 0.699999988; times 5 in float32 = 3.5 exactly -> round half even -> 4 (torch: 4).
+    # The same value as a float64 gives 3.49999994 -> 3 (what prunekit did before).
+    a = np.float32(0.7)
+    assert a * 5 == np.float32(3.5) and round(float(a) * 5) == 3
+    assert P.n_to_prune(a, 5) == 4
+    assert P.n_to_prune(a, np.int64(5)) == 4      # a NumPy count must not promote the product to float64
+    assert P.n_to_prune(float(a), 5) == 3         # a Python float keeps float64 arithmetic, as in torch
+    assert P.n_to_prune(0.7, 5) == 4              # 0.7 * 5 == 3.5 in float64 too
+    m = model_of([np.arange(1, 6)])
+    P.prune(m, a)
+    np.testing.assert_array_equal(m[0].weight.mask, [[0, 0, 0, 0, 1]])
+
+
+def test_amount_rounding_matches_torch_over_a_grid():
+    differ = 0
+    for k in range(101):
+        for n in range(1, 101):
+            for amount in (np.float32(k / 100), np.float16(k / 100), k / 100, np.float64(k / 100)):
+                assert P.n_to_prune(amount, n) == _torch_count(amount, n), (amount, n)
+            differ += _torch_count(np.float32(k / 100), n) != round(float(np.float32(k / 100)) * n)
+    assert differ == 77                           # the pairs where float32 arithmetic changes the count
+
+
+@given(amount=st.floats(0, 1, width=32), n=st.integers(1, 10**6))
+def test_float32_amount_rounding_property(amount, n):
+    assert P.n_to_prune(np.float32(amount), n) == _torch_count(np.float32(amount), n)
+
+
+def test_amount_keeps_its_type_and_float16_overflow_is_refused():
+    assert type(ranking.check_amount(np.float32(0.25))) is np.float32
+    assert type(ranking.check_amount(np.int64(3))) is int
+    with pytest.raises(ValueError, match=r"n_to_prune\(\): amount must be a fraction whose product with 70000"):
+        P.n_to_prune(np.float16(0.5), 70000)     # float16 * 70000 overflows to inf (torch: OverflowError)
 
 
 def test_ties_lowest_flat_index_first():

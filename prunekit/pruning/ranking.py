@@ -7,7 +7,10 @@ This module is pure NumPy and knows nothing about models. It follows
   ``round(amount * n)`` weights (Python's ``round``: halves go to the even neighbour,
   so ``round(0.5 * 5) == 2``), where ``n`` counts only the weights that are *still
   unpruned*. Pruning again therefore composes: pruned weights stay pruned and the
-  amount applies to what is left (torch's ``PruningContainer``).
+  amount applies to what is left (torch's ``PruningContainer``). The product is taken
+  in the amount's own type, as torch does: a ``np.float32(0.7)`` of 5 weights is
+  ``np.float32(3.5)`` -> 4 weights, whereas the same value turned into a Python float
+  first (0.699999988...) gives 3.49999994 -> 3.
 * **Which ones.** The ``k`` unpruned weights with the smallest scores are removed
   (torch: ``topk(largest=False)``).
 * **Ties.** torch does not specify which of several equal scores ``topk`` returns
@@ -28,15 +31,18 @@ __all__ = ["n_to_prune", "check_amount", "bottom_k_mask", "layer_masks", "global
 
 
 def check_amount(amount, name="amount"):
-    """Validate a pruning amount: a number in [0, 1] (fraction) or an int >= 0 (count)."""
+    """Validate a pruning amount: a number in [0, 1] (fraction) or an int >= 0 (count).
+
+    Returns an int count as a Python ``int``, and a fraction unchanged, in its own type
+    (a ``np.float32`` stays float32, so that :func:`n_to_prune` rounds as torch does).
+    """
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         fail(name, "a float in the range [0, 1] or a non-negative int", amount, TypeError)
     if isinstance(amount, numbers.Integral):
         if amount < 0:
             fail(name, "a float in the range [0, 1] or a non-negative int", amount)
         return int(amount)
-    amount = float(amount)
-    if not (0.0 <= amount <= 1.0):  # also catches NaN
+    if not (0.0 <= float(amount) <= 1.0):  # also catches NaN
         fail(name, "a float in the range [0, 1] or a non-negative int", amount)
     return amount
 
@@ -44,14 +50,22 @@ def check_amount(amount, name="amount"):
 def n_to_prune(amount, n_unpruned, name="amount"):
     """Number of weights to remove among ``n_unpruned``: ``round(amount * n)`` or the int itself.
 
-    Same as torch's ``_compute_nparams_toprune``; an int larger than ``n_unpruned`` is refused.
+    Same as torch's ``_compute_nparams_toprune``: the product is computed in the amount's
+    own type with ``n`` a Python int (so ``np.float32(0.7) * 5`` is a float32, 3.5, and
+    rounds to 4), then rounded half to even. An int larger than ``n_unpruned`` is refused.
     """
     amount = check_amount(amount, name)
+    n = int(n_unpruned)  # a Python int, as torch's nelement(): np.int64 would promote float32 to float64
     if isinstance(amount, int):
-        if amount > n_unpruned:
-            fail(name, f"at most the number of unpruned weights ({n_unpruned})", amount)
+        if amount > n:
+            fail(name, f"at most the number of unpruned weights ({n})", amount)
         return amount
-    return int(round(amount * n_unpruned))
+    with np.errstate(over="ignore"):
+        product = amount * n
+    if not np.isfinite(product):  # a float16 amount times more than 65,504 weights
+        fail(name, f"a fraction whose product with {n} weights fits its type {type(amount).__name__} "
+             f"(pass a Python float)", amount)
+    return int(round(product))
 
 
 def _as_mask(mask, shape):
