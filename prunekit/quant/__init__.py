@@ -1,0 +1,23 @@
+"""Quantization and deployment: affine int8, calibration, integer-only inference, QAT, export.
+
+    from prunekit import quant
+    qmodel = quant.quantize_model(model, (x_cal, y_cal))   # post-training static int8
+    qmodel(x)                                              # float in, float out; integers inside
+    quant.export(qmodel, "model.npz"); quant.load_exported("model.npz")(x)
+
+Modules: :mod:`~prunekit.quant.affine` (scale and zero point, the TFLite rules),
+:mod:`~prunekit.quant.calibration` (activation ranges), :mod:`~prunekit.quant.fixed_point`
+(requantization with an integer multiplier and shift), :mod:`~prunekit.quant.modules`
+(integer-only layers and :func:`quantize_model`), :mod:`~prunekit.quant.qat`
+(fake quantization, straight-through estimator), :mod:`~prunekit.quant.export`
+(.npz + JSON manifest) and :mod:`~prunekit.quant.onnx_export` (ONNX, QDQ).
+"""
+from __future__ import annotations
+
+from . import affine
+from .affine import dequantize, fake_quantize, int_dtype, qrange, quant_params, quantize
+
+__all__ = ["affine", "quant_params", "quantize", "dequantize", "fake_quantize", "qrange", "int_dtype"]
+
+# ---- Deep Compression, Huffman, size accounting, device budgets (kmeans.py, huffman.py, budgets.py,
+# ---- report.py): written in a separate worktree; their imports and __all__ entries go here.
