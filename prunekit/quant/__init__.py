@@ -14,10 +14,12 @@ Modules: :mod:`~prunekit.quant.affine` (scale and zero point, the TFLite rules),
 """
 from __future__ import annotations
 
-from . import affine
+from . import affine, calibration
 from .affine import dequantize, fake_quantize, int_dtype, qrange, quant_params, quantize
+from .calibration import Observer, available_calibrators, get_observer, register_calibrator
 
-__all__ = ["affine", "quant_params", "quantize", "dequantize", "fake_quantize", "qrange", "int_dtype"]
+__all__ = ["affine", "calibration", "quant_params", "quantize", "dequantize", "fake_quantize", "qrange", "int_dtype",
+           "Observer", "get_observer", "register_calibrator", "available_calibrators"]
 
 # ---- Deep Compression, Huffman, size accounting, device budgets (kmeans.py, huffman.py, budgets.py,
 # ---- report.py): written in a separate worktree; their imports and __all__ entries go here.
