@@ -14,14 +14,16 @@ Modules: :mod:`~prunekit.quant.affine` (scale and zero point, the TFLite rules),
 """
 from __future__ import annotations
 
-from . import affine, calibration, fixed_point, modules
+from . import affine, calibration, fixed_point, modules, qat
 from .affine import dequantize, fake_quantize, int_dtype, qrange, quant_params, quantize
 from .modules import QuantizedModel, fold_batchnorm, quantize_model
 from .calibration import Observer, available_calibrators, get_observer, register_calibrator
+from .qat import FakeQuant, choose_bits, convert, fake_quant, half, prepare_qat
 
 __all__ = ["affine", "calibration", "fixed_point", "modules", "quant_params", "quantize", "dequantize", "fake_quantize", "qrange", "int_dtype",
            "Observer", "get_observer", "register_calibrator", "available_calibrators",
-           "quantize_model", "QuantizedModel", "fold_batchnorm"]
+           "quantize_model", "QuantizedModel", "fold_batchnorm",
+           "fake_quant", "FakeQuant", "prepare_qat", "convert", "half", "choose_bits", "qat"]
 
 # ---- Deep Compression, Huffman, size accounting, device budgets (kmeans.py, huffman.py, budgets.py,
 # ---- report.py): written in a separate worktree; their imports and __all__ entries go here.

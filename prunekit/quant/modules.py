@@ -347,11 +347,12 @@ def fold_batchnorm(weight, bias, bn):
 class _Affine:
     """A float conv/linear step with BN folded and ReLU fused: what becomes one integer layer."""
 
-    def __init__(self, layer, bn=None, relu=False):
+    def __init__(self, layer, bn=None, relu=False, name=""):
         w = layer.weight.data
         b = None if layer.bias is None else layer.bias.data
         if bn is not None:
             w, b = fold_batchnorm(w, b, bn)
+        self.name = name  # the float layer's dotted name, e.g. "0" or "3.conv1"
         self.weight = np.asarray(w, np.float32)
         self.bias = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
         self.relu = relu
@@ -370,6 +371,9 @@ class _Affine:
 
     def convert(self, in_qp, out_qp, weight_bits, per_channel):
         from ..sparse import Int8Weight
+
+        if isinstance(weight_bits, dict):
+            weight_bits = weight_bits.get(self.name, 8)
 
         w2 = self.weight.reshape(self.weight.shape[0], -1)
         if per_channel:
@@ -390,11 +394,13 @@ class _Affine:
 
 
 class _Residual:
-    def __init__(self, block):
-        self.conv1 = _Affine(block.conv1, block.bn1, relu=True)
-        self.conv2 = _Affine(block.conv2, block.bn2, relu=False)
+    def __init__(self, block, name=""):
+        p = f"{name}." if name else ""
+        self.conv1 = _Affine(block.conv1, block.bn1, relu=True, name=p + "conv1")
+        self.conv2 = _Affine(block.conv2, block.bn2, relu=False, name=p + "conv2")
         sc = block.shortcut
-        self.shortcut = None if isinstance(sc, nn.Identity) else _Affine(sc[0], sc[1], relu=False)
+        self.shortcut = None if isinstance(sc, nn.Identity) else _Affine(sc[0], sc[1], relu=False,
+                                                                          name=p + "shortcut.0")
         self.observer = None
 
     def float_forward(self, x):
@@ -420,29 +426,23 @@ _SKIP = (nn.Identity, nn.Dropout)
 
 def _plan(model):
     """The float model as a list of steps, each one future integer op (BN folded, ReLU fused)."""
-    if isinstance(model, nn.Sequential):
-        mods = list(model)
-    else:
-        mods = [model]
-    flat = []
-    for m in mods:  # nested Sequentials are flattened (not a residual block's shortcut)
-        flat.extend(_flatten(m))
+    flat = _flatten(model, "")  # nested Sequentials are flattened (not a residual block's shortcut)
     steps, i = [], 0
     while i < len(flat):
-        m = flat[i]
+        name, m = flat[i]
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             bn = relu = None
             j = i + 1
             bn_cls = nn.BatchNorm2d if isinstance(m, nn.Conv2d) else nn.BatchNorm1d
-            if j < len(flat) and isinstance(flat[j], bn_cls):
-                bn, j = flat[j], j + 1
-            if j < len(flat) and isinstance(flat[j], nn.ReLU):
-                relu, j = flat[j], j + 1
-            steps.append(_Affine(m, bn, relu is not None))
+            if j < len(flat) and isinstance(flat[j][1], bn_cls):
+                bn, j = flat[j][1], j + 1
+            if j < len(flat) and isinstance(flat[j][1], nn.ReLU):
+                relu, j = flat[j][1], j + 1
+            steps.append(_Affine(m, bn, relu is not None, name))
             i = j
             continue
         if isinstance(m, _models.ResidualBlock):
-            steps.append(_Residual(m))
+            steps.append(_Residual(m, name))
         elif isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.Flatten, _models.GlobalAvgPool2d)):
             steps.append(_Same(m))
         elif isinstance(m, _SKIP):
@@ -455,13 +455,25 @@ def _plan(model):
     return steps
 
 
-def _flatten(m):
+def _flatten(m, name):
+    """``[(dotted name, layer)]`` in execution order, nested Sequentials opened up."""
     if isinstance(m, nn.Sequential):
         out = []
-        for c in m:
-            out.extend(_flatten(c))
+        for child_name, c in m.named_children():
+            out.extend(_flatten(c, f"{name}.{child_name}" if name else child_name))
         return out
-    return [m]
+    return [(name, m)]
+
+
+def layer_names(steps):
+    """Names of the conv/linear layers of a plan, in order (the keys a ``weight_bits`` dict may use)."""
+    names = []
+    for s in steps:
+        if isinstance(s, _Affine):
+            names.append(s.name)
+        elif isinstance(s, _Residual):
+            names += [a.name for a in (s.conv1, s.conv2, s.shortcut) if a is not None]
+    return names
 
 
 def _new_observers(steps, calibration, options):
@@ -546,13 +558,18 @@ def quantize_model(model, data, *, weight_bits=8, per_channel=True, calibration=
     :func:`~prunekit.quant.calibration.available_calibrators` or an Observer class)
     sets each activation's int8 scale and zero point. Weights are quantized
     symmetric to ``weight_bits`` (2..8; stored as int8), per output channel unless
-    ``per_channel=False``. The float model is not changed.
+    ``per_channel=False``; a dict ``{layer name: bits}`` sets each layer's width (mixed
+    precision; names as in ``model.named_modules()``, missing layers get 8). The float model is not changed.
 
     Returns a :class:`QuantizedModel`; see the module docstring for the integer arithmetic.
     """
     if not isinstance(model, nn.Module):
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
-    check_int("weight_bits", weight_bits, 2, 8)
+    if isinstance(weight_bits, dict):
+        for k, b in weight_bits.items():
+            check_int(f"weight_bits[{k!r}]", b, 2, 8)
+    else:
+        check_int("weight_bits", weight_bits, 2, 8)
     if not isinstance(per_channel, bool):
         fail("per_channel", "True or False", per_channel, TypeError)
     check_int("n_samples", n_samples, 1)
@@ -566,6 +583,12 @@ def quantize_model(model, data, *, weight_bits=8, per_channel=True, calibration=
     model.eval()
     try:
         steps = _plan(model)
+        if isinstance(weight_bits, dict):
+            known = layer_names(steps)
+            unknown = sorted(set(weight_bits) - set(known))
+            if unknown:
+                fail("weight_bits", f"a dict keyed by the model's conv/linear layer names {known}",
+                     f"unknown names {unknown}")
         options = dict(calibration_options or {})
         _new_observers(steps, calibration, options)
         input_observer = get_observer(calibration, **options)
