@@ -20,6 +20,7 @@ from .affine import dequantize, fake_quantize, int_dtype, qrange, quant_params, 
 from .calibration import Observer, available_calibrators, get_observer, register_calibrator
 from .exporter import export, load_exported, read_manifest, register_kind
 from .modules import QuantizedModel, fold_batchnorm, quantize_model
+from .onnx_export import export_onnx
 from .qat import FakeQuant, choose_bits, convert, fake_quant, half, prepare_qat
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "Observer", "get_observer", "register_calibrator", "available_calibrators",
     "quantize_model", "QuantizedModel", "fold_batchnorm",
     "fake_quant", "FakeQuant", "prepare_qat", "convert", "half", "choose_bits",
-    "export", "load_exported", "read_manifest", "register_kind",
+    "export", "load_exported", "read_manifest", "register_kind", "export_onnx",
 ]
 
 # ---- Deep Compression, Huffman, size accounting, device budgets (kmeans.py, huffman.py, budgets.py,

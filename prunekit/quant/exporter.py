@@ -12,6 +12,7 @@ a uint8 array. The manifest::
     {"format": "prunekit.quant", "version": 1,
      "input":  {"scale": 0.0039215689, "zero_point": -128},       # float -> int8 at the input
      "output": {"scale": 0.11, "zero_point": 3},                  # int8 -> float at the output
+     "sample_shape": [1, 28, 28],                                  # one input (or null)
      "ops": [ <entry>, ... ],                                     # run in order
      "arrays": {"<name>": {"dtype": "int8", "shape": [300, 784]}, ...},
      "payload_sha256": "<hex>"}
@@ -235,6 +236,7 @@ def export(model, path):
         "format": FORMAT, "version": VERSION,
         "input": {"scale": model.input_qp[0], "zero_point": model.input_qp[1]},
         "output": {"scale": model.output_qp[0], "zero_point": model.output_qp[1]},
+        "sample_shape": None if model.sample_shape is None else list(model.sample_shape),
         "ops": ops,
         "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
         "payload_sha256": _payload_sha256(arrays),
@@ -304,7 +306,8 @@ def load_exported(path) -> M.QuantizedModel:
                       f"{str(manifest.get('payload_sha256'))[:16]}... (the file was modified)")
     try:
         ops = [_load_op(e, arrays) for e in manifest["ops"]]
-        model = M.QuantizedModel(ops, _qp(manifest["input"]), _qp(manifest["output"]))
+        model = M.QuantizedModel(ops, _qp(manifest["input"]), _qp(manifest["output"]),
+                                 sample_shape=manifest.get("sample_shape"))
     except (KeyError, TypeError, ValueError) as e:
         _refuse(path, f"its manifest is incomplete or inconsistent ({type(e).__name__}: {e})")
     return model

@@ -269,10 +269,11 @@ class QuantizedModel(nn.Module):
     returns float32. :meth:`run_integer` is the integer-only part: int8 in, int8 out.
     """
 
-    def __init__(self, ops, input_qp, output_qp, float_model=None):
+    def __init__(self, ops, input_qp, output_qp, float_model=None, sample_shape=None):
         super().__init__()
         object.__setattr__(self, "ops", list(ops))
         object.__setattr__(self, "float_model", float_model)
+        self.sample_shape = None if sample_shape is None else tuple(int(d) for d in sample_shape)  # one input
         self.input_qp = (float(input_qp[0]), int(input_qp[1]))
         self.output_qp = (float(output_qp[0]), int(output_qp[1]))
 
@@ -592,9 +593,10 @@ def quantize_model(model, data, *, weight_bits=8, per_channel=True, calibration=
         options = dict(calibration_options or {})
         _new_observers(steps, calibration, options)
         input_observer = get_observer(calibration, **options)
-        seen = 0
+        seen, shape = 0, None
         for xb, _ in batches(data, batch_size, where="quantize_model(): data"):
             xb = np.asarray(xb.data if isinstance(xb, Tensor) else xb, np.float32)[: n_samples - seen]
+            shape = xb.shape[1:]
             _calibrate(steps, xb, input_observer)
             seen += len(xb)
             if seen >= n_samples:
@@ -605,7 +607,7 @@ def quantize_model(model, data, *, weight_bits=8, per_channel=True, calibration=
         ops, out_qp = _convert(steps, in_qp, weight_bits, per_channel)
     finally:
         model.train(was_training)
-    return QuantizedModel(ops, in_qp, out_qp, float_model=model)
+    return QuantizedModel(ops, in_qp, out_qp, float_model=model, sample_shape=shape)
 
 
 class QuantReport:
