@@ -256,3 +256,19 @@ def test_float_model_is_left_unchanged():
     assert model.training
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_compare_reports_each_layer(quantized):
+    name, model, q, xt, ref = quantized
+    rep = quant.compare(q, (xt, np.zeros(len(xt), np.int64)), n_samples=20)
+    assert len(rep.rows) == len(q.ops)
+    finite = [r["sqnr_db"] for r in rep.rows if np.isfinite(r["sqnr_db"])]
+    assert min(finite) > 20  # int8 everywhere: far above the ~6 dB of one bit
+    # the last row is the model output: its error matches the direct comparison
+    out = q(xt[:20])
+    with pk.no_grad():
+        f = model(pk.Tensor(xt[:20])).data
+    assert rep.max_abs_error == pytest.approx(float(np.abs(out - f).max()), rel=1e-3, abs=1e-5)
+    assert "SQNR" in repr(rep) and "<table>" in rep._repr_html_()
+    with pytest.raises(TypeError, match="qmodel"):
+        quant.compare(model, (xt, None))

@@ -19,7 +19,7 @@ from . import affine, calibration, exporter, fixed_point, modules, qat
 from .affine import dequantize, fake_quantize, int_dtype, qrange, quant_params, quantize
 from .calibration import Observer, available_calibrators, get_observer, register_calibrator
 from .exporter import export, load_exported, read_manifest, register_kind
-from .modules import QuantizedModel, fold_batchnorm, quantize_model
+from .modules import QuantizedModel, QuantReport, compare, fold_batchnorm, quantize_model
 from .onnx_export import export_onnx
 from .qat import FakeQuant, choose_bits, convert, fake_quant, half, prepare_qat
 
@@ -27,7 +27,7 @@ __all__ = [
     "affine", "calibration", "fixed_point", "modules", "qat", "exporter",
     "quant_params", "quantize", "dequantize", "fake_quantize", "qrange", "int_dtype",
     "Observer", "get_observer", "register_calibrator", "available_calibrators",
-    "quantize_model", "QuantizedModel", "fold_batchnorm",
+    "quantize_model", "QuantizedModel", "fold_batchnorm", "compare", "QuantReport",
     "fake_quant", "FakeQuant", "prepare_qat", "convert", "half", "choose_bits",
     "export", "load_exported", "read_manifest", "register_kind", "export_onnx",
 ]

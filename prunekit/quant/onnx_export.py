@@ -171,7 +171,7 @@ def export_onnx(model, path, *, quantized=False, input_shape=None):
         g.current_qp = model.input_qp
         for op in model.ops:
             x = _qdq_op(g, op, x)
-            g.current_qp = _out_qp(op, g.current_qp)
+            g.current_qp = M._out_qp(op, g.current_qp)
         out = g.op("Identity", [x], "output")
     else:
         if isinstance(model, M.QuantizedModel) or not isinstance(model, nn.Module):
@@ -203,14 +203,6 @@ def export_onnx(model, path, *, quantized=False, input_shape=None):
         f.write(proto.SerializeToString())
     os.replace(tmp, path)
     return path
-
-
-def _out_qp(op, qp):
-    if isinstance(op, M.QuantizedLinear):
-        return op.out_qp
-    if isinstance(op, M.QuantizedResidual):
-        return op.add.out_qp
-    return qp
 
 
 def _first_affine(ops):
