@@ -246,6 +246,11 @@ def test_errors_are_clear():
         quant.quantize_model(pk.models.mlp([64, 10]), (x[:0], y[:0]))
     with pytest.raises(TypeError, match="model"):
         quant.quantize_model("not a model", (x, y))
+    q = quant.quantize_model(pk.models.mlp([64, 10]), (x, y))
+    with pytest.raises(ValueError, match=r"\(N, 64\)"):
+        q(np.ones((2, 63), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        q(np.full((2, 64), np.nan, np.float32))
 
 
 def test_float_model_is_left_unchanged():

@@ -289,6 +289,9 @@ class QuantizedModel(nn.Module):
         """The integer-only forward: int8 input -> int8 output. ``trace`` (a list) receives
         ``(op name, output array)`` for every op, to look inside."""
         check_int_array("q", q)
+        if self.sample_shape is not None and tuple(q.shape[1:]) != self.sample_shape:
+            fail("q", f"a batch of inputs of shape (N, {', '.join(map(str, self.sample_shape))}) (the shape the "
+                 f"model was calibrated on)", f"shape {q.shape}")
         for i, op in enumerate(self.ops):
             q = op.run(q)
             if trace is not None:
