@@ -31,6 +31,8 @@ def check_asymmetric_params(fn) -> bool:
     for x, bits in cases:
         try:
             got = fn(x.copy(), bits)
+            if got is None or got[0] is None or got[1] is None:
+                return _say(False, "your function returned None (write it in the cell above).")
             s, z = float(got[0]), int(got[1])
         except Exception as e:  # the learner's code may fail in any way; report it
             return _say(False, f"your function raised {type(e).__name__}: {e} (for bits={bits}).")

@@ -61,13 +61,24 @@ ADD_LEFT_SHIFT = 20  # TFLite's headroom for int8 ADD: (q - z) << 20 still fits 
 # =========================================================================== integer ops
 
 
+SERIAL_MATMUL_WORK = 1 << 20
+"""Below this many multiply-adds the int8 product runs on the single-thread portable kernel: waking the
+worker threads of the parallel SIMD kernel cost 1-15 ms on a shared 2-core machine, against 6 us for a
+batch-1 LeNet-300-100 layer on one thread (measured; see the report of issue 12)."""
+
+
 def _matmul_int32(xq, w):
-    """``xq @ w.q.T`` in int32: prunekit.sparse's int8 kernel, or its NumPy reference under the numpy backend."""
+    """``xq @ w.q.T`` in int32: prunekit.sparse's int8 kernels, or their NumPy reference under the numpy backend."""
     from ..sparse import kernels
 
-    if use_numba():
-        return kernels.int8_matmul_int32(np.ascontiguousarray(xq), w)
-    return kernels.int8_matmul_int32_reference(xq, w.q)
+    if not use_numba():
+        return kernels.int8_matmul_int32_reference(xq, w.q)
+    xq = np.ascontiguousarray(xq)
+    if xq.shape[0] * w.shape[0] * w.shape[1] < SERIAL_MATMUL_WORK:
+        out = np.empty((xq.shape[0], w.shape[0]), np.int32)
+        kernels.int8_matmul_int32_kernel.serial(xq, w.q, out)
+        return out
+    return kernels.int8_matmul_int32(xq, w)
 
 
 def _im2col_int(xq, kh, kw, sh, sw):

@@ -301,7 +301,7 @@ class BitWidthPlan:
             _, ax = plt.subplots(figsize=(6, 3.5))
         for name, accs in self.scan.items():
             ks = sorted(accs)
-            ax.plot(ks, [100 * accs[k] for k in ks], marker="o", label=name)
+            ax.plot(ks, [100 * accs[k] for k in ks], marker="o", label=f"layer {name}")
         ax.axhline(100 * (self.baseline - self.tolerance), color="grey", ls="--", label="tolerance")
         ax.set_xlabel("weight bits of that layer (others float)")
         ax.set_ylabel("accuracy (%)")
