@@ -97,6 +97,7 @@ class _IntOp:
     kind = "op"
 
     def run(self, q):
+        """int8 input array -> int8 output array (integers only)."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -310,6 +311,7 @@ class QuantizedModel(nn.Module):
         return q
 
     def run(self, x):
+        """float32 array in, float32 array out: quantize, :meth:`run_integer`, dequantize."""
         return self.dequantize_output(self.run_integer(self.quantize_input(x)))
 
     def __call__(self, x, *args):
