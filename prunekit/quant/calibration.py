@@ -132,7 +132,7 @@ class MovingAverageObserver(Observer):
 class _Sampled(Observer):
     """Keeps a bounded, seeded random subsample of the values (plus the exact min and max)."""
 
-    def __init__(self, max_values=1 << 20, seed=0):
+    def __init__(self, max_values=1 << 18, seed=0):
         super().__init__()
         self.max_values = check_int("max_values", max_values, 2)
         self.rng = np.random.default_rng(seed)
@@ -161,7 +161,7 @@ class PercentileObserver(_Sampled):
 
     name = "percentile"
 
-    def __init__(self, percentile=99.99, max_values=1 << 20, seed=0):
+    def __init__(self, percentile=99.99, max_values=1 << 18, seed=0):
         super().__init__(max_values, seed)
         self.percentile = check_number("percentile", percentile, 50, 100, "(]")
 
