@@ -61,10 +61,11 @@ lab: $(VENV)/.stamp-lab
 # --nbval-current-env runs notebooks with this venv's Python.
 # The second pass leaves out what would only repeat the first: notebooks (they stay on
 # numba), the browser test, tests marked `numba` (they test a kernel itself and force the
-# numba backend anyway) and test_threads.py (numba's threads against OpenBLAS's).
+# numba backend anyway), test_threads.py (numba's threads against OpenBLAS's) and
+# test_backend.py (it pins the backends of each of its tests itself).
 # Either pass failing fails `make test`; pytest's exit code 5 ("no tests collected") is
 # not a failure while the course is young.
-NUMPY_PASS_ARGS := -m "not browser and not numba" --ignore=tests/test_threads.py
+NUMPY_PASS_ARGS := -m "not browser and not numba" --ignore=tests/test_threads.py --ignore=tests/test_backend.py
 
 test: $(VENV)/.stamp-lab-test
 	@export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \

@@ -6,6 +6,9 @@ backends, on random shapes; so does a whole LeNet-5 training step. Then the swit
 itself: errors, the context manager, the environment variable, and what happens
 where numba is not installed (fresh interpreters, so that "numba was never imported"
 means something).
+
+Every test here pins the backends it uses, so the file gives the same results whatever
+PRUNEKIT_BACKEND says (``make test`` runs it once, in its first pass).
 """
 import os
 import subprocess
@@ -25,8 +28,6 @@ from prunekit.tensor import Tensor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-needs_numba = pytest.mark.skipif(not _backend._numba_installed(), reason="parity needs both backends")
 
 
 def on_both(fn):
@@ -70,7 +71,7 @@ def conv_case(draw):
     return (n, c, h, w), (o, c, kh, kw), stride, (ph, pw), bias, dtype
 
 
-@needs_numba
+@pytest.mark.numba  # needs both backends (skipped where numba is not installed)
 @PARITY
 @given(case=conv_case(), direct=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_conv2d_forward_and_gradients_agree_between_backends(case, direct, seed):
@@ -86,7 +87,7 @@ def test_conv2d_forward_and_gradients_agree_between_backends(case, direct, seed)
     assert_close(fast, ref, dtype)
 
 
-@needs_numba
+@pytest.mark.numba  # needs both backends (skipped where numba is not installed)
 @PARITY
 @given(case=conv_case(), seed=st.integers(0, 2**31 - 1))
 def test_im2col_agrees_between_backends(case, seed):
@@ -107,7 +108,7 @@ def pool_case(draw):
     return (n, c, h, w), (kh, kw), stride, ties, dtype
 
 
-@needs_numba
+@pytest.mark.numba  # needs both backends (skipped where numba is not installed)
 @PARITY
 @given(case=pool_case(), seed=st.integers(0, 2**31 - 1))
 def test_max_pool2d_forward_and_gradient_agree_between_backends(case, seed):
@@ -123,7 +124,7 @@ def test_max_pool2d_forward_and_gradient_agree_between_backends(case, seed):
     assert_close(fast[1:], ref[1:], dtype)
 
 
-@needs_numba
+@pytest.mark.numba  # needs both backends (skipped where numba is not installed)
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 300), momentum=st.sampled_from([0.0, 0.5, 0.9]), nesterov=st.booleans(),
        wd=st.sampled_from([0.0, 1e-3]), dtype=st.sampled_from([np.float32, np.float64]),
@@ -148,7 +149,7 @@ def test_sgd_steps_agree_between_backends(n, momentum, nesterov, wd, dtype, seed
 
 
 # ------------------------------------------------------ a whole training step
-@needs_numba
+@pytest.mark.numba  # needs both backends (skipped where numba is not installed)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_lenet5_training_step_gives_the_same_weights_on_both_backends(dtype):
     """Forward, cross-entropy, backward, SGD with momentum: two steps, every weight compared."""
