@@ -1,7 +1,8 @@
 # prunekit: two commands for a learner, `make lab` and `make test`.
 #
 #   make lab      create .venv (once), install prunekit + JupyterLab, open the course
-#   make test     create .venv (once), install the test tools, run every test in one pytest run
+#   make test     create .venv (once), install the test tools, run every test (then the unit tests
+#                 again under the NumPy reference backend)
 #   make bench    install the benchmark extras (scipy, torch CPU) and run benchmarks/*.py
 #   make clean    remove caches and build leftovers;  make distclean  also removes .venv
 #
@@ -50,19 +51,36 @@ $(VENV)/.stamp-bench: pyproject.toml | $(PY)
 lab: $(VENV)/.stamp-lab
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_DIR)
 
-# Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers.
+# Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers; then the unit
+# tests once more under the NumPy reference backend (PRUNEKIT_BACKEND=numpy: every conv,
+# pooling, optimizer and sparse op runs its readable NumPy version, numba is not used).
 # Each worker (and each notebook kernel it starts) gets one BLAS/OpenMP/numba thread:
 # $(JOBS) workers already fill the cores, and extra threads spinning on a busy
 # machine made training 10-40x slower (measured; see benchmarks/BENCHMARKS.md).
 # --dist loadfile keeps all cells of a notebook on one worker, in order;
 # --nbval-current-env runs notebooks with this venv's Python.
-# pytest's exit code 5 ("no tests collected") is not a failure while the course is young.
+# The second pass leaves out what would only repeat the first: notebooks (they stay on
+# numba), the browser test, tests marked `numba` (they test a kernel itself and force the
+# numba backend anyway), test_threads.py (numba's threads against OpenBLAS's) and
+# test_backend.py (it pins the backends of each of its tests itself).
+# Either pass failing fails `make test`; pytest's exit code 5 ("no tests collected") is
+# not a failure while the course is young.
+NUMPY_PASS_ARGS := -m "not browser and not numba" --ignore=tests/test_threads.py --ignore=tests/test_backend.py
+
 test: $(VENV)/.stamp-lab-test
-	@rc=0; OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
-	  $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+	@export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \
+	rc=0; $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 	  $(TEST_PATHS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit code 5); nothing failed."; rc=0; fi; \
-	exit $$rc
+	rc2=0; if [ -d tests ]; then \
+	  echo "== the unit tests again, under the NumPy reference backend (PRUNEKIT_BACKEND=numpy)"; \
+	  start=$$(date +%s); \
+	  PRUNEKIT_BACKEND=numpy $(PY) -m pytest -n $(JOBS) --dist loadfile $(NUMPY_PASS_ARGS) \
+	    tests $(PYTEST_ARGS) || rc2=$$?; \
+	  echo "(numpy backend pass: $$(( $$(date +%s) - start )) s)"; \
+	  if [ $$rc2 -eq 5 ]; then rc2=0; fi; \
+	fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$rc2
 
 bench: $(VENV)/.stamp-bench
 	@set -e; found=0; for f in benchmarks/*.py; do \

@@ -12,6 +12,8 @@ pause the next block would share the cores with the other framework's spinning
 threads. The first step of each block, which pays for the hand-over, is not
 counted. Prints one line per model with the ratio prunekit / torch (below 1 means
 prunekit is faster), after checking that both start from the same loss.
+prunekit runs on its default (numba) backend; ``PRUNEKIT_BACKEND=numpy`` times its
+NumPy references instead (the backend is printed with the versions).
 """
 from __future__ import annotations
 
@@ -98,11 +100,15 @@ def worker(framework, model_name, batch, threads):
         step = _torch_step(model_name, batch)
         info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     else:
-        import numba
         import numpy as np
+        import prunekit as pk
 
         step = _prunekit_step(model_name, batch)
-        info = {"numpy": np.__version__, "numba": numba.__version__, "threads": numba.config.NUMBA_NUM_THREADS}
+        info = {"numpy": np.__version__, "backend": pk.get_backend(), "threads": threads}
+        if pk.get_backend() == "numba":  # under PRUNEKIT_BACKEND=numpy, numba stays unimported
+            import numba
+
+            info.update(numba=numba.__version__, threads=numba.config.NUMBA_NUM_THREADS)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "info":

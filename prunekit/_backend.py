@@ -21,6 +21,8 @@ import importlib.util
 import os
 import warnings
 
+from ._validate import check_option, fail
+
 __all__ = ["get_backend", "set_backend", "backend", "use_numba", "BACKENDS"]
 
 BACKENDS = ("numpy", "numba")
@@ -28,10 +30,8 @@ BACKENDS = ("numpy", "numba")
 _current = None  # resolved on first use, so that `import prunekit` reads no environment and imports nothing
 
 
-def _check(name, where):
-    if name not in BACKENDS:
-        raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {name!r}.")
-    return name
+def _check(name):
+    return check_option("name", name, BACKENDS)
 
 
 def _numba_installed() -> bool:
@@ -40,8 +40,10 @@ def _numba_installed() -> bool:
 
 def _default() -> str:
     """PRUNEKIT_BACKEND if set, else "numba" where numba is installed, else "numpy" (with one warning)."""
-    name = _check(os.environ.get("PRUNEKIT_BACKEND", "numba").strip().lower() or "numba",
-                  "PRUNEKIT_BACKEND (environment variable)")
+    name = os.environ.get("PRUNEKIT_BACKEND", "numba").strip().lower() or "numba"
+    if name not in BACKENDS:
+        fail("the environment variable PRUNEKIT_BACKEND", "one of {'numpy', 'numba'} (or unset)",
+             repr(os.environ["PRUNEKIT_BACKEND"]), where="prunekit")
     if name == "numba" and not _numba_installed():
         warnings.warn("prunekit: numba is not installed, so every op runs its NumPy reference "
                       "(correct, but slower). `pip install numba` for the fast kernels, or set "
@@ -66,7 +68,7 @@ def use_numba() -> bool:
 def set_backend(name: str) -> None:
     """Make every op run its NumPy reference (``"numpy"``) or its numba kernel (``"numba"``)."""
     global _current
-    _check(name, "set_backend()")
+    _check(name)
     if name == "numba" and not _numba_installed():
         raise ModuleNotFoundError("set_backend(): the 'numba' backend needs numba (`pip install numba`); "
                                   "the 'numpy' backend needs nothing more.")
@@ -76,7 +78,7 @@ def set_backend(name: str) -> None:
 @contextlib.contextmanager
 def backend(name: str):
     """``with backend("numpy"): ...`` runs the block on that backend, then restores the previous one."""
-    _check(name, "backend()")
+    _check(name)
     previous = get_backend()
     set_backend(name)
     try:

@@ -3,7 +3,14 @@
 Each ``*_kernel`` below is compiled by numba on first use (see ``_jit.py``). Next
 to each sits a plain NumPy ``*_reference`` that computes the same thing in a few
 vectorised lines; the tests check kernel against reference, and the references
-are the version to read first.
+are the version to read first. Under the ``"numpy"`` backend (``pk.backend("numpy")``,
+see ``_backend.py``) the references are what runs: each kernel is declared with
+``@njit(reference=...)``, pointing at a two-line adapter (``*_into``) that calls the
+reference with the kernel's own arguments and writes its result into the kernel's
+output array.
+
+Serial or parallel: callers pick ``kernel.for_work(n)`` (``_jit.PARALLEL_MIN_WORK``,
+the one threshold for every kernel in prunekit).
 
 Layout conventions (NCHW input, as in PyTorch):
 
@@ -25,16 +32,6 @@ from ._jit import njit
 prange = range  # replaced by numba.prange when a parallel kernel is compiled
 
 
-PARALLEL_MIN_WORK = 1 << 16
-"""Below this many elements a kernel runs on one thread: waking the worker threads
-would cost more than the loop (tens of microseconds, far more on a busy machine)."""
-
-
-def pick(kernel, work):
-    """The parallel kernel for big inputs, its serial twin for small ones."""
-    return kernel if work >= PARALLEL_MIN_WORK else kernel.serial
-
-
 def out_size(size, k, stride, pad):
     """Output length of a sliding window: floor((size + 2 pad - k) / stride) + 1."""
     return (size + 2 * pad - k) // stride + 1
@@ -50,7 +47,12 @@ def im2col_reference(x, kh, kw, sh, sw, ph, pw):
     return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
 
 
-@njit(parallel=True)
+def _im2col_into(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    """:func:`im2col_reference` with :func:`im2col_kernel`'s arguments (what runs under the numpy backend)."""
+    cols[...] = im2col_reference(x, kh, kw, sh, sw, ph, pw)
+
+
+@njit(parallel=True, reference=_im2col_into)
 def im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     """Fill ``cols`` (C*KH*KW, N*OH*OW) with the patches of ``x`` (N, C, H, W).
 
@@ -88,7 +90,12 @@ def col2im_reference(cols, shape, kh, kw, sh, sw, ph, pw):
     return xp[:, :, ph:ph + h, pw:pw + w]
 
 
-@njit(parallel=True)
+def _col2im_into(cols, kh, kw, sh, sw, ph, pw, oh, ow, out):
+    """:func:`col2im_reference` with :func:`col2im_kernel`'s arguments: ``out`` is overwritten."""
+    out[...] = col2im_reference(cols, out.shape, kh, kw, sh, sw, ph, pw)
+
+
+@njit(parallel=True, reference=_col2im_into)
 def col2im_kernel(cols, kh, kw, sh, sw, ph, pw, oh, ow, out):
     """Add every entry of ``cols`` (C*KH*KW, N*OH*OW) back into ``out`` (N, C, H, W), which is overwritten."""
     n_, c_, h_, w_ = out.shape
@@ -131,7 +138,17 @@ def max_pool_backward_reference(g, arg, shape, kh, kw, sh, sw):
     return dx
 
 
-@njit(parallel=True)
+def _max_pool_into(x, kh, kw, sh, sw, out, arg):
+    """:func:`max_pool_reference` with :func:`max_pool_kernel`'s arguments."""
+    out[...], arg[...] = max_pool_reference(x, kh, kw, sh, sw)
+
+
+def _max_pool_backward_into(g, arg, kh, kw, sh, sw, dx):
+    """:func:`max_pool_backward_reference` with :func:`max_pool_backward_kernel`'s arguments."""
+    dx[...] = max_pool_backward_reference(g, arg, dx.shape, kh, kw, sh, sw)
+
+
+@njit(parallel=True, reference=_max_pool_into)
 def max_pool_kernel(x, kh, kw, sh, sw, out, arg):
     """Max over each window of ``x``; ``arg`` gets the winning flat offset a*kw+b."""
     n_, c_ = x.shape[0], x.shape[1]
@@ -153,7 +170,7 @@ def max_pool_kernel(x, kh, kw, sh, sw, out, arg):
                 arg[n, c, i, j] = best_k
 
 
-@njit(parallel=True)
+@njit(parallel=True, reference=_max_pool_backward_into)
 def max_pool_backward_kernel(g, arg, kh, kw, sh, sw, dx):
     """Scatter ``g`` to the argmax positions; ``dx`` is overwritten."""
     n_, c_ = g.shape[0], g.shape[1]
@@ -193,6 +210,50 @@ def conv_direct_reference(x, w, bias, sh, sw, ph, pw):
     return y
 
 
+def conv_direct_grad_w_reference(x, g, kh, kw, ph, pw):
+    """NumPy weight and bias gradients of the stride-1 convolution: (dW, db).
+
+    dW[o, c, a, b] = sum over n, i, j of g[n, o, i, j] * xpad[n, c, i + a, j + b]:
+    one contraction per kernel offset; db[o] = sum of g[:, o].
+    """
+    oh, ow = g.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dw = np.empty((g.shape[1], x.shape[1], kh, kw), dtype=np.result_type(x, g))
+    for a in range(kh):
+        for b in range(kw):
+            dw[:, :, a, b] = np.einsum("nohw,nchw->oc", g, xp[:, :, a:a + oh, b:b + ow])
+    return dw, g.sum(axis=(0, 2, 3))
+
+
+def conv_direct_grad_x_reference(g, w, shape, ph, pw):
+    """NumPy input gradient of the stride-1 convolution (its adjoint): every output gradient
+    flows back through each kernel offset (a, b) to the input pixel it read."""
+    n, c, h, wd = shape
+    oh, ow = g.shape[2:]
+    kh, kw = w.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=np.result_type(g, w))
+    for a in range(kh):
+        for b in range(kw):
+            dxp[:, :, a:a + oh, b:b + ow] += np.einsum("nohw,oc->nchw", g, w[:, :, a, b])
+    return dxp[:, :, ph:ph + h, pw:pw + wd]
+
+
+def _conv_direct_into(x, w, bias, ph, pw, y):
+    """:func:`conv_direct_reference` with :func:`conv_direct_kernel`'s arguments (empty ``bias``: none)."""
+    y[...] = conv_direct_reference(x, w, bias, 1, 1, ph, pw)
+
+
+def _conv_direct_grad_w_into(x, g, ph, pw, part_w, part_b):
+    """:func:`conv_direct_grad_w_reference` with the kernel's arguments: the whole sum goes in task 0."""
+    part_w[...], part_b[...] = 0, 0
+    part_w[0], part_b[0] = conv_direct_grad_w_reference(x, g, part_w.shape[3], part_w.shape[4], ph, pw)
+
+
+def _conv_direct_grad_x_into(g, w, ph, pw, dx):
+    """:func:`conv_direct_grad_x_reference` with :func:`conv_direct_grad_x_kernel`'s arguments."""
+    dx[...] = conv_direct_grad_x_reference(g, w, dx.shape, ph, pw)
+
+
 @njit(inline="always")
 def _flat_layout(h, w, oh, ph, pw):
     """(WP, rows, length): each sample is copied into ``rows`` x ``WP`` zero-padded flat rows.
@@ -220,7 +281,7 @@ def _padded_flat(x, n, ph, pw, wp, rows):
     return xp
 
 
-@njit(parallel=True)
+@njit(parallel=True, reference=_conv_direct_into)
 def conv_direct_kernel(x, w, bias, ph, pw, y):
     """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, KH, KW), stride 1) + bias; one sample per task."""
     o_, c_, kh, kw = w.shape
@@ -254,7 +315,7 @@ def _padded_grad(g, n, o, wp, out):
             out[i * wp + j] = g[n, o, i, j]
 
 
-@njit(parallel=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, fastmath={"reassoc", "contract"}, reference=_conv_direct_grad_w_into)
 def conv_direct_grad_w_kernel(x, g, ph, pw, part_w, part_b):
     """Per-task partial weight and bias gradients: ``part_w`` (T, O, C, KH, KW), ``part_b`` (T, O).
 
@@ -289,7 +350,7 @@ def conv_direct_grad_w_kernel(x, g, ph, pw, part_w, part_b):
                             part_w[t, o, c, a, b] += s
 
 
-@njit(parallel=True)
+@njit(parallel=True, reference=_conv_direct_grad_x_into)
 def conv_direct_grad_x_kernel(g, w, ph, pw, dx):
     """dx (N, C, H, W), overwritten: the adjoint of :func:`conv_direct_kernel` (same loops, roles swapped)."""
     o_, c_, kh, kw = w.shape

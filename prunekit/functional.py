@@ -6,6 +6,11 @@ backward because the fused form is much faster or more stable:
 ``linear``, ``log_softmax``, ``cross_entropy``, ``conv2d``, ``max_pool2d`` and
 ``avg_pool2d``. Their gradients are checked against finite differences in the
 tests like everything else.
+
+The hot loops of ``conv2d`` (both paths, forward and gradients), ``im2col`` and
+``max_pool2d`` are numba kernels in ``_conv_kernels.py``, each next to the NumPy
+reference to read first; under ``prunekit.backend("numpy")`` the references run
+instead, with the same results.
 """
 from __future__ import annotations
 
@@ -175,7 +180,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """Patches as columns: (C*kh*kw, N*OH*OW), the layout the kernels fill fastest."""
     n, c = x.shape[:2]
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    K.pick(K.im2col_kernel, cols.size)(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    K.im2col_kernel.for_work(cols.size)(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, cols)
     return cols
 
 
@@ -233,7 +238,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
                 bias._accumulate(g.sum(axis=1), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
-                K.pick(K.col2im_kernel, dx.size)(wmat.T @ g, kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                K.col2im_kernel.for_work(dx.size)(wmat.T @ g, kh, kw, sh, sw, ph, pw, oh, ow, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out
@@ -257,13 +262,13 @@ def _direct_conv2d(x, weight, bias, ph, pw, oh, ow):
     wd = np.ascontiguousarray(weight.data, dtype=dtype)
     bd = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias.data, dtype=dtype)
     y = np.empty((x.shape[0], weight.shape[0], oh, ow), dtype=dtype)
-    K.pick(K.conv_direct_kernel, y.size)(xd, wd, bd, ph, pw, y)
+    K.conv_direct_kernel.for_work(y.size)(xd, wd, bd, ph, pw, y)
     out = _node(y, (x, weight, bias), "conv2d")
     if out.requires_grad:
         def _backward():
             g = np.ascontiguousarray(out.grad, dtype=dtype)
             if weight.requires_grad or (bias is not None and bias.requires_grad):
-                kernel = K.pick(K.conv_direct_grad_w_kernel, y.size)
+                kernel = K.conv_direct_grad_w_kernel.for_work(y.size)
                 tasks = 1 if kernel is K.conv_direct_grad_w_kernel.serial else min(x.shape[0], 4)  # partial sums
                 part_w = np.empty((tasks,) + wd.shape, dtype=dtype)
                 part_b = np.empty((tasks, wd.shape[0]), dtype=dtype)
@@ -274,7 +279,7 @@ def _direct_conv2d(x, weight, bias, ph, pw, oh, ow):
                     bias._accumulate(part_b.sum(axis=0), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=dtype)
-                K.pick(K.conv_direct_grad_x_kernel, dx.size)(g, wd, ph, pw, dx)
+                K.conv_direct_grad_x_kernel.for_work(dx.size)(g, wd, ph, pw, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out
@@ -302,12 +307,12 @@ def max_pool2d(x, kernel_size, stride=None):
     xd = np.ascontiguousarray(x.data)
     y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
-    K.pick(K.max_pool_kernel, xd.size)(xd, kh, kw, sh, sw, y, arg)
+    K.max_pool_kernel.for_work(xd.size)(xd, kh, kw, sh, sw, y, arg)
     out = _node(y, (x,), "max_pool2d")
     if out.requires_grad:
         def _backward():
             dx = np.empty(x.shape, dtype=x.dtype)
-            K.pick(K.max_pool_backward_kernel, dx.size)(np.ascontiguousarray(out.grad), arg, kh, kw, sh, sw, dx)
+            K.max_pool_backward_kernel.for_work(dx.size)(np.ascontiguousarray(out.grad), arg, kh, kw, sh, sw, dx)
             x._accumulate(dx)
         out._backward = _backward
     return out

@@ -100,23 +100,20 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def _update(self, w, g, state):
+        if not self.momentum:
+            w -= self.lr * (g + self.weight_decay * w if self.weight_decay else g)
+            return
         buf = state.get("momentum_buffer")
-        if buf is not None and _fusable(w, g, buf):
-            # The same arithmetic as below in one pass over memory (about 1.5x faster).
+        if buf is None:  # a zero buffer makes the first step's b exactly g, as in PyTorch
+            buf = state["momentum_buffer"] = np.zeros_like(w)
+        if _fusable(w, g, buf):
+            # The same arithmetic in one pass over memory (about 1.5x faster); under the
+            # "numpy" backend the kernel runs _sgd_momentum_reference instead.
             t = w.dtype.type
             _sgd_momentum_kernel(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum),
                                  t(self.weight_decay), self.nesterov)
-            return
-        if self.weight_decay:
-            g = g + self.weight_decay * w
-        if self.momentum:
-            if buf is None:
-                buf = state["momentum_buffer"] = np.array(g, dtype=w.dtype, copy=True)
-            else:
-                buf *= self.momentum
-                buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        w -= self.lr * g
+        else:
+            _sgd_momentum_reference(w, g, buf, self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 def _fusable(*arrays):
@@ -124,9 +121,21 @@ def _fusable(*arrays):
     return a.dtype.kind == "f" and all(x.dtype == a.dtype and x.flags.c_contiguous and x.shape == a.shape for x in arrays)
 
 
-@njit
+def _sgd_momentum_reference(w, g, buf, lr, momentum, weight_decay, nesterov):
+    """SGD with momentum in NumPy, in place on ``w`` and ``buf``: the update rule of :class:`SGD`, as written.
+
+    g <- g + wd * w;  b <- mu * b + g;  w <- w - lr * (g + mu * b if nesterov else b)
+    """
+    if weight_decay:
+        g = g + weight_decay * w
+    buf *= momentum
+    buf += g
+    w -= lr * (g + momentum * buf if nesterov else buf)
+
+
+@njit(reference=_sgd_momentum_reference)
 def _sgd_momentum_kernel(w, g, buf, lr, momentum, weight_decay, nesterov):
-    """SGD with momentum on flat arrays, in place: the loop form of ``SGD._update``.
+    """SGD with momentum on flat arrays, in place: the loop form of :func:`_sgd_momentum_reference`.
 
     One thread on purpose: a parallel kernel would also quieten OpenBLAS's threads
     (see ``_threads``), which makes a pure-BLAS model like LeNet-300-100 slower.

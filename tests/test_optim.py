@@ -340,21 +340,26 @@ def test_state_dict_is_a_copy():
     np.testing.assert_allclose(p.data, 1 - 0.1 - 0.1 * 0.9)
 
 
+@pytest.mark.numba
 @pytest.mark.parametrize("nesterov, wd", [(False, 0.0), (True, 0.0), (False, 1e-2), (True, 1e-3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_sgd_kernel_matches_the_numpy_update(nesterov, wd, dtype):
-    """The numba fast path (contiguous arrays, after the first step) against the NumPy lines it replaces."""
-    from prunekit.optim import _sgd_momentum_kernel
+    """The numba fast path (contiguous arrays) and its NumPy reference against the update written out by hand."""
+    from prunekit.optim import _sgd_momentum_kernel, _sgd_momentum_reference
 
     rng = np.random.default_rng(5)
     w, g, buf = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
     lr, mu = 0.05, 0.9
-    # reference: the NumPy form of SGD._update
+    # by hand: PyTorch's SGD rule
     gr = g + wd * w
     br = mu * buf + gr
     wr = w - lr * (gr + mu * br if nesterov else br)
     t = np.dtype(dtype).type
+    w2, buf2 = w.copy(), buf.copy()
     _sgd_momentum_kernel(w, g, buf, t(lr), t(mu), t(wd), nesterov)
+    _sgd_momentum_reference(w2, g, buf2, t(lr), t(mu), t(wd), nesterov)
     tol = 1e-6 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(buf, br, rtol=tol, atol=tol)
-    np.testing.assert_allclose(w, wr, rtol=tol, atol=tol)
+    for got_w, got_buf in ((w, buf), (w2, buf2)):
+        assert got_w.dtype == dtype and got_buf.dtype == dtype
+        np.testing.assert_allclose(got_buf, br, rtol=tol, atol=tol)
+        np.testing.assert_allclose(got_w, wr, rtol=tol, atol=tol)

