@@ -20,6 +20,7 @@ from .unstructured import (SparsityReport, apply_masks, batch_prune, is_pruned, 
 from .schedules import AGP, agp_sparsity, iterative_prune, rewind_learning_rate, sparsity_schedule
 from .lottery import LotteryResult, WeightSnapshot, lottery_ticket, rewind_weights
 from .sensitivity import SensitivityResult, plot_sensitivity, sensitivity_scan
+from ..train import FineTune
 
 __all__ = [
     "prune", "prune_to", "batch_prune", "masks", "sparsity", "remove", "is_pruned", "apply_masks", "set_mask",
@@ -29,5 +30,5 @@ __all__ = [
     "n_to_prune", "bottom_k_mask", "layer_masks", "global_masks",
     "AGP", "agp_sparsity", "sparsity_schedule", "iterative_prune", "rewind_learning_rate",
     "lottery_ticket", "LotteryResult", "WeightSnapshot", "rewind_weights",
-    "sensitivity_scan", "SensitivityResult", "plot_sensitivity",
+    "sensitivity_scan", "SensitivityResult", "plot_sensitivity", "FineTune",
 ]
