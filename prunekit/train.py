@@ -127,8 +127,8 @@ def fit(model, data, optimizer, epochs=1, *, loss="cross_entropy", val_loader=No
     loader = _glue.batches(data, batch_size, "data")
     check_int("epochs", epochs, 0)
     loss_fn, classify = _glue.get_loss(loss), _glue.is_classification(loss)
-    if val_loader is not None:
-        _glue.batches(val_loader, batch_size, "val_loader")  # a wrong form fails now, not after an epoch
+    if val_loader is not None:  # a wrong form fails now, not after an epoch; a generator is read once
+        val_loader = _glue.batches(val_loader, batch_size, "val_loader")
     history = History()
     steps = len(loader)
     state = TrainState(model, optimizer, epochs, steps, history)
@@ -261,8 +261,8 @@ def as_evaluator(evaluate_with, loss="cross_entropy", where="evaluate"):
     """
     if evaluate_with is None or callable(evaluate_with) and not hasattr(evaluate_with, "__iter__"):
         return evaluate_with
-    _glue.batches(evaluate_with, None, where)  # a wrong form fails now
-    return lambda model: evaluate(model, evaluate_with, loss=loss)
+    data = _glue.batches(evaluate_with, None, where)  # a wrong form fails now; a generator is read once
+    return lambda model: evaluate(model, data, loss=loss)
 
 
 class FineTune:

@@ -295,7 +295,7 @@ class ScoreContext:
         return self._cache["fisher"]
 
 
-def reduce_groups(scores, axes, how="sum"):
+def reduce_groups(scores, axes, *, how="sum"):
     """Combine element scores over ``axes`` (e.g. a neuron's row): sum (L1) or sqrt(sum s^2) (L2)."""
     check_option("how", how, ("sum", "l2"))
     scores = np.asarray(scores, dtype=np.float64)
@@ -543,7 +543,7 @@ class MovementTracker(Callback):
 
 
 # ------------------------------------------------------------------ public entry
-def compute_scores(model, score="magnitude", layers=None, data=None, loss="cross_entropy", seed=None,
+def compute_scores(model, score="magnitude", *, layers=None, data=None, loss="cross_entropy", seed=None,
                    **options):
     """Scores of the chosen weights as a dict ``"<layer>.weight" -> array`` (for plots and grading)."""
     from ._targets import select_weights
@@ -618,7 +618,7 @@ def _ranks(v):
     return ranks
 
 
-def spearman(a, b, masks=None):
+def spearman(a, b, *, masks=None):
     """Spearman rank correlation of two scores (arrays, or dicts with the same keys).
 
     rho = Pearson correlation of the ranks (ties share their average rank); 1 means
@@ -639,8 +639,8 @@ def spearman(a, b, masks=None):
     return float((rx * ry).sum() / denom) if denom > 0 else 0.0
 
 
-def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", "random"), reference="oracle_abs",
-                 layers=None, loss="cross_entropy", seed=0, **options):
+def grade_scores(model, data, *, scores=("magnitude", "gradient", "taylor", "obd", "random"),
+                 reference="oracle_abs", layers=None, loss="cross_entropy", seed=0, **options):
     """Spearman correlation of each score with ``reference`` (default |ΔL|, the exact loss change).
 
     Returns ``{score name: rho}`` over the unpruned weights of the chosen layers.
@@ -666,11 +666,12 @@ def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", 
         a = accepts(sc)
         return dict(options) if a is None else {k: v for k, v in options.items() if k in a}
 
+    data = _glue.batches(data, options.get("batch_size"), "data")  # a generator is read once, for every score
     ref = _run_score(model, params, reference, data, loss, seed, own(reference))
     masks = {n: p.mask for n, p in params.items() if p.mask is not None}
     out = OrderedDict()
     for sc in scores:
         got = _run_score(model, params, sc, data, loss, seed, own(sc))
         name = "dict" if isinstance(sc, dict) else get_score(sc).name
-        out[name] = spearman(got, ref, masks or None)
+        out[name] = spearman(got, ref, masks=masks or None)
     return out

@@ -90,6 +90,8 @@ def plot_sensitivity(result, *, ax=None):
 
 
 def _metric(evaluate, metric, loss):
+    if evaluate is None:
+        fail("evaluate", "a callable model -> metrics or data to evaluate the model on", None, TypeError)
     evaluator = as_evaluator(evaluate, loss)
 
     def run(model):
