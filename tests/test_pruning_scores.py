@@ -270,7 +270,7 @@ def test_grade_scores_against_oracle():
     assert g["magnitude"] == pytest.approx(direct)
     signed = P.grade_scores(m, (X, Y_CLS), scores=("movement",), reference="oracle")
     assert signed["movement"] == pytest.approx(P.spearman(P.compute_scores(m, "movement", data=(X, Y_CLS)), delta,
-                                                          masks))
+                                                          masks=masks))
 
 
 def test_oracle_generic_path_equals_sequential_fast_path():

@@ -345,3 +345,33 @@ def test_batch_prune_layer_scope_counts_per_layer():
     P.batch_prune(m, 0.5, weights_per_round=7, score="taylor", data=(X, Y))
     for r in P.sparsity(m).rows:
         assert r["pruned"] == round(0.5 * r["size"])
+
+
+def test_sensitivity_scan_with_finetune_restores_everything():
+    m = small()
+    fit(m, DataLoader(X, Y, 16), optim.Adam(m.parameters(), lr=1e-2), 5, progress=False)
+    P.prune(m, 0.2)
+    state = m.state_dict()
+    steps = []
+    ft = P.FineTune(DataLoader(X, Y, 16), lambda p: optim.SGD(p, lr=0.05), 1)
+
+    def tune(model, step):
+        steps.append(step)
+        ft(model, step)
+
+    res = P.sensitivity_scan(m, (X, Y), sparsities=[0.5, 0.9], metric="loss", finetune=tune)
+    after = m.state_dict()
+    assert state.keys() == after.keys() and all(np.array_equal(state[k], after[k]) for k in state)
+    assert steps == [1, 2, 3, 4, 5, 6]           # 3 layers x 2 sparsities
+    m.load_state_dict(state)                      # by hand: layer 2 at 90%, one epoch, evaluate
+    P.prune_to(m, 0.9, layers=["2"])
+    ft(m)
+    assert res.values["2.weight"][1] == pytest.approx(evaluate(m, (X, Y))["loss"])
+    assert P.sparsity(m)["2.weight"] == pytest.approx(0.9, abs=0.01)   # fine-tuning kept the cut
+    with pytest.raises(TypeError, match=r"sensitivity_scan\(\): finetune must be None, a FineTune"):
+        P.sensitivity_scan(m, (X, Y), finetune={"epochs": 1})
+
+
+def test_agp_refuses_an_unknown_score_option_when_made():
+    with pytest.raises(TypeError, match=r"AGP\(\): max_sample must be a keyword score 'obd' knows"):
+        P.AGP(0.5, score="obd", max_sample=10)

@@ -22,6 +22,7 @@ from .. import _glue, optim
 from .._validate import check_int, check_number, check_option, fail
 from ..train import Callback, as_evaluator, as_finetune
 from ._targets import check_model, select_weights
+from .scores import check_score_options
 from .unstructured import prune_to, sparsity
 
 __all__ = ["agp_sparsity", "AGP", "sparsity_schedule", "iterative_prune", "rewind_learning_rate"]
@@ -70,6 +71,7 @@ class AGP(Callback):
         self.begin_step = check_int("begin_step", begin_step, 0)
         self.end_step = None if end_step is None else check_int("end_step", end_step, begin_step + 1)
         self.frequency = check_int("frequency", frequency, 1)
+        check_score_options(score, options)   # now, not at the first pruning step during training
         if data is not None:
             data = _glue.batches(data, options.get("batch_size"), "data")
         self.kwargs = dict(score=score, scope=check_option("scope", scope, ("layer", "global")),

@@ -551,20 +551,35 @@ def compute_scores(model, score="magnitude", *, layers=None, data=None, loss="cr
     return _run_score(model, params, score, data, loss, seed, options)
 
 
+def check_score_options(score, options):
+    """Refuse keyword options the score does not declare (a typo must not pass silently); return its spec.
+
+    Every score takes ``batch_size`` (samples per batch of array data); a dict of
+    precomputed scores takes none; an unregistered callable may read anything.
+    """
+    if isinstance(score, dict):
+        if options:
+            key = sorted(options)[0]
+            fail(key, "a keyword a score function reads (precomputed scores take none)", options[key], TypeError)
+        return None
+    spec = get_score(score)
+    if spec.options is not None:
+        allowed = COMMON_OPTIONS + spec.options
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            fail(unknown[0], f"a keyword score {spec.name!r} knows (it accepts: {', '.join(allowed)})",
+                 options[unknown[0]], TypeError)
+    return spec
+
+
 def _run_score(model, params, score, data, loss, seed, options):
     """Evaluate ``score`` (name, callable or dict of arrays) and check what it returned."""
     if isinstance(score, dict):
         name, scores = "dict", score
     else:
-        spec = get_score(score)
+        spec = check_score_options(score, options)
         name = spec.name
         _glue.get_loss(loss, "loss")
-        if spec.options is not None:  # (None: an unregistered callable, which may read anything)
-            allowed = COMMON_OPTIONS + spec.options
-            unknown = sorted(set(options) - set(allowed))
-            if unknown:
-                fail(unknown[0], f"a keyword score {name!r} knows (it accepts: {', '.join(allowed)})",
-                     options[unknown[0]], TypeError)
         if spec.needs_data and data is None:
             fail("data", f"{_glue.FORMS} for score {name!r} (it needs gradients, losses or activations "
                  f"on data; data-free scores: {list(DATA_FREE_SCORES)})", None)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _glue
 from .._validate import check_number, fail
-from ..train import as_evaluator
+from ..train import as_evaluator, as_finetune
 from ._targets import check_model, select_weights
 from .unstructured import prune_to
 
@@ -105,15 +105,18 @@ def _metric(evaluate, metric, loss):
 
 
 def sensitivity_scan(model, evaluate, *, sparsities=DEFAULT_SPARSITIES, layers=None, score="magnitude", data=None,
-                     metric="accuracy", seed=None, loss="cross_entropy", **options):
+                     finetune=None, metric="accuracy", seed=None, loss="cross_entropy", **options):
     """Prune each layer alone to each sparsity in ``sparsities``, evaluate, and restore it.
 
     ``evaluate`` is a callable ``model -> metrics`` (a dict or a float) or any data form
     for :func:`prunekit.train.evaluate`; ``metric`` picks the key ("accuracy", "loss", ...).
     ``sparsities`` are absolute: the fraction of the layer's weights that are zero,
     already-pruned weights included (not :func:`prune`'s fraction of what is left).
-    ``data`` feeds a data-driven ``score``. The model is left exactly as it was.
-    Returns a :class:`SensitivityResult`.
+    ``data`` feeds a data-driven ``score``. ``finetune`` (a :class:`prunekit.train.FineTune`
+    or a callable ``finetune(model, step)``, as the schedules take it) is run after each
+    cut and before the evaluation (Han et al. 2015 scan without retraining: the default).
+    The model is left exactly as it was (weights, masks and buffers). Returns a
+    :class:`SensitivityResult`.
     """
     check_model(model)
     params = select_weights(model, layers)
@@ -125,20 +128,39 @@ def sensitivity_scan(model, evaluate, *, sparsities=DEFAULT_SPARSITIES, layers=N
     if data is not None:  # read a generator once, for every layer
         data = _glue.batches(data, options.get("batch_size"), "data")
     run = _metric(evaluate, metric, loss)
+    tune = as_finetune(finetune)
     baseline = run(model)
     values = {}
+    step = 0
     for name, p in params.items():
-        saved_data = p.data.copy()
-        saved_mask = None if p.mask is None else p.mask.copy()
         vals = []
+        saved = _snapshot(model)
         try:
             for a in sparsities:
                 prune_to(model, a, score=score, data=data, layers=[name], seed=seed, loss=loss, **options)
+                if tune is not None:
+                    step += 1
+                    tune(model, step)
                 vals.append(run(model))
-                p.data[...] = saved_data
-                p.mask = None if saved_mask is None else saved_mask.copy()
+                _restore(model, saved)
         finally:
-            p.data[...] = saved_data
-            p.mask = saved_mask
+            _restore(model, saved)
         values[name] = vals
     return SensitivityResult(sparsities, values, baseline, metric, metric != "loss")
+
+
+def _snapshot(model):
+    """Copies of every parameter's values and mask, and of every buffer."""
+    params = [(p, p.data.copy(), None if p.mask is None else p.mask.copy()) for p in model.parameters()]
+    buffers = [(m, name, np.array(getattr(m, name), copy=True)) for m in model.modules() for name in m._buffers]
+    return params, buffers
+
+
+def _restore(model, saved):
+    params, buffers = saved
+    for p, data, mask in params:
+        p.data[...] = data
+        p.mask = None if mask is None else mask.copy()
+        p.grad = None
+    for m, name, value in buffers:
+        object.__setattr__(m, name, value.copy())   # as register_buffer stores it
