@@ -16,7 +16,7 @@ from ._validate import fail
 __all__ = ["interactive_plot"]
 
 
-def interactive_plot(draw, figsize=(6, 3.5), **controls):
+def interactive_plot(draw, *, figsize=(6, 3.5), **controls):
     """Controls (sliders, dropdowns, ...) above a figure that ``draw`` redraws when one moves.
 
     ``draw(ax, **values)`` gets a fresh matplotlib Axes and the current value of

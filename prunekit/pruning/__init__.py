@@ -7,6 +7,11 @@
     pruning.prune(model, 0.5, score="taylor", data=(x, y))   # again: half of what is left
     pruning.remove(model)                    # keep the zeros, drop the masks
 
+Every ``data`` argument takes a DataLoader, an ``(x, y)`` pair, a dataset or an iterable
+of batches; every fine-tune is a :class:`FineTune` (or a callable ``finetune(model, step)``)::
+
+    pruning.iterative_prune(model, 0.9, 3, pruning.FineTune(loader, lambda p: optim.SGD(p, lr=0.01), 1))
+
 Modules, in reading order: ``ranking`` (scores -> masks, torch's counting rules),
 ``scores`` (the importance-score registry), ``unstructured`` (prune a model),
 ``schedules`` (iterative, AGP, learning-rate rewinding), ``lottery`` (lottery

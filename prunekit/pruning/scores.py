@@ -137,9 +137,13 @@ class ScoreContext:
     """Everything a score function may use; gradient statistics are computed once and cached.
 
     Attributes: ``model``, ``params`` (name -> Parameter), ``weights`` (name -> ndarray,
-    the live ``param.data``), ``masks`` (name -> mask or None), ``data``, ``loss``
-    (a function ``loss(output, y) -> Tensor``), ``rng`` (numpy Generator), ``options``
-    (extra keyword arguments given to :func:`prune`), ``score_name``.
+    the live ``param.data``), ``masks`` (name -> mask or None), ``data`` (any data form,
+    see :func:`prunekit._glue.batches`), ``loss`` (a function ``loss(output, y) -> Tensor``),
+    ``rng`` (numpy Generator), ``options`` (extra keyword arguments given to :func:`prune`),
+    ``score_name``. Methods give what scores are made of: :meth:`batches`,
+    :meth:`mean_gradient`, :meth:`mean_abs_gradient`, :meth:`fisher_diagonal`,
+    :meth:`loss_value` and :meth:`activations` (the layers' outputs, recorded with
+    forward hooks).
     """
 
     def __init__(self, model, params, data=None, loss="cross_entropy", seed=None, options=None,
