@@ -8,6 +8,10 @@ One training step is the five lines every framework shares::
 
 ``fit`` runs that over a loader for some epochs, keeps per-epoch metrics,
 shows a progress bar and calls your callbacks (e.g. a pruning schedule).
+``fit``, ``evaluate`` and ``predict`` take any data form (a DataLoader, an ``(x, y)``
+pair, a dataset, an iterable of batches; see :mod:`prunekit._glue`). A
+:class:`FineTune` says once how to (re)train a model, for the pruning schedules,
+lottery tickets and the sensitivity scan.
 """
 from __future__ import annotations
 
@@ -323,8 +327,9 @@ class FineTune:
                    progress=self.progress, scheduler=sched)
 
     def __repr__(self):
-        opt = type(self.optimizer).__name__ if not callable(self.optimizer) or hasattr(self.optimizer, "step") \
-            else "factory"
+        from . import optim
+
+        opt = type(self.optimizer).__name__ if isinstance(self.optimizer, optim.Optimizer) else "factory"
         return f"FineTune({len(self.data)} batches, optimizer={opt}, epochs={self.epochs}, loss={self.loss!r})"
 
 

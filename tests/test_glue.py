@@ -379,3 +379,36 @@ def test_a_generator_is_read_once_and_serves_every_epoch():
     fit(ref, DataLoader(X, Y, B), optim.SGD(ref.parameters(), lr=0.1), 3, progress=False)
     assert_same(weights(m), weights(ref))
     assert len(hist["val_loss"]) == 3 and hist["val_loss"][-1] == pytest.approx(evaluate(m, (X, Y))["loss"])
+
+
+# ------------------------------------------------------------------ properties
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25)
+@given(n=st.integers(1, 60), batch_size=st.integers(1, 70), as_dataset=st.booleans())
+def test_batches_of_arrays_and_datasets_are_the_samples_in_order(n, batch_size, as_dataset):
+    x = np.arange(2 * n, dtype=np.float64).reshape(n, 2)
+    y = np.arange(n) % 3
+    got = list(_glue.batches(Dataset(x, y) if as_dataset else (x, y), batch_size))
+    assert len(got) == -(-n // batch_size) == len(_glue.batches((x, y), batch_size))
+    assert all(len(xb) == batch_size for xb, _ in got[:-1]) and 1 <= len(got[-1][0]) <= batch_size
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in got]), x)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in got]), y)
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2 ** 16), n_masks=st.integers(1, 4))
+def test_set_mask_is_the_product_of_every_mask_given(seed, n_masks):
+    rng = np.random.default_rng(seed)
+    w = nn.Parameter(rng.standard_normal((3, 5)) + 5.0)      # no weight is 0 before pruning
+    product = np.ones(w.shape)
+    for _ in range(n_masks):
+        mask = (rng.random(w.shape) < 0.7).astype(float)
+        P.set_mask(w, mask)
+        product *= mask
+        w.data += 1.0 - w.mask        # a careless update writes into pruned places ...
+    np.testing.assert_array_equal(w.mask, product)
+    P.set_mask(w, np.ones(w.shape))   # ... and an all-ones mask revives nothing
+    np.testing.assert_array_equal(w.mask, product)
+    assert (w.data[product == 0] == 0).all() and (w.data[product == 1] != 0).all()
