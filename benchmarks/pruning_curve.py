@@ -146,16 +146,13 @@ class Bench:
         return pk.nn.load_state(model, self.dense_path)
 
     def finetune_spec(self, epochs):
-        """``iterative_prune``'s finetune dict: a fresh SGD(ft_lr, momentum 0.9) with cosine to 0 per round."""
+        """``iterative_prune``'s FineTune: a fresh SGD(ft_lr, momentum 0.9) with cosine to 0 per round."""
         lr = self.args.ft_lr
-        return {"loader": self.loader(), "epochs": epochs,
-                "optimizer": lambda params: pk.optim.SGD(params, lr=lr, momentum=0.9),
-                "scheduler": lambda opt: pk.optim.CosineAnnealingLR(opt, T_max=epochs)}
+        return pruning.FineTune(self.loader(), lambda params: pk.optim.SGD(params, lr=lr, momentum=0.9), epochs,
+                                scheduler=lambda opt: pk.optim.CosineAnnealingLR(opt, T_max=epochs))
 
     def finetune(self, model, epochs):
-        opt = pk.optim.SGD(model.parameters(), lr=self.args.ft_lr, momentum=0.9)
-        sched = pk.optim.CosineAnnealingLR(opt, T_max=epochs)
-        pk.fit(model, self.loader(), opt, epochs, scheduler=sched, progress=False)
+        self.finetune_spec(epochs)(model)
 
     def score_kwargs(self, score, scope="global"):
         kw = {"score": score, "scope": scope}

@@ -21,10 +21,17 @@ from . import functional as F
 from ._validate import fail
 from .tensor import Tensor
 
-__all__ = ["DEFAULT_BATCH_SIZE", "LOSSES", "batches", "as_pair", "get_loss", "is_classification"]
+__all__ = ["DEFAULT_BATCH_SIZE", "LOSSES", "batches", "as_pair", "as_arrays", "get_loss", "is_classification"]
 
 DEFAULT_BATCH_SIZE = 256
-"""Samples per batch when the data comes as arrays (evaluation, scores, calibration)."""
+"""Samples per batch when the data comes as arrays or a dataset (training, evaluation, scores, calibration)."""
+
+
+def _fail(where, expected, got, exc=ValueError):
+    """``where`` is an argument name ("data": the public caller is found on the stack) or "f(): data"."""
+    if "(): " in where:
+        raise exc(f"{where} must be {expected}, got {got}.")
+    fail(where, expected, got, exc)
 
 
 def _mse(pred, target):
@@ -42,19 +49,19 @@ LOSSES = {"cross_entropy": F.cross_entropy, "mse": _mse}
 def get_loss(loss, where="loss"):
     """A loss name or callable -> the callable ``(pred Tensor, target) -> scalar Tensor``.
 
-    ``where`` names the caller and argument in the error, e.g. ``"fit(): loss"``.
+    ``where`` names the argument in the error (the public function is found on the
+    call stack), or the caller and argument, e.g. ``"fit(): loss"``.
     """
     if callable(loss):
         return loss
     if isinstance(loss, str) and loss in LOSSES:
         return LOSSES[loss]
-    raise ValueError(f"{where} must be one of {sorted(LOSSES)} or a callable (pred, target) -> Tensor, "
-                     f"got {loss!r}.")
+    _fail(where, f"one of {sorted(LOSSES)} or a callable (pred, target) -> Tensor", repr(loss))
 
 
 def is_classification(loss) -> bool:
     """True for cross-entropy, whose outputs are class scores (so accuracy is tracked)."""
-    return loss == "cross_entropy" or loss is F.cross_entropy
+    return (isinstance(loss, str) and loss == "cross_entropy") or loss is F.cross_entropy
 
 
 def _is_array(a):
@@ -70,17 +77,17 @@ def as_pair(data, where="data"):
     if isinstance(data, (tuple, list)) and len(data) == 2 and _is_array(data[0]):
         x, y = np.asarray(data[0]), np.asarray(data[1])
         if len(x) != len(y):
-            raise ValueError(f"{where} must be an (x, y) pair with as many targets as inputs, "
-                             f"got {len(x)} inputs and {len(y)} targets.")
+            _fail(where, "an (x, y) pair with as many targets as inputs", f"{len(x)} inputs and {len(y)} targets")
         return x, y
     if _is_dataset(data) and not hasattr(data, "batch_size") and not _is_array(data):
         n = len(data)
         if n == 0:
             return np.empty((0,)), np.empty((0,))
         items = [data[i] for i in range(n)]
-        if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items[:1]):
-            raise TypeError(f"{where}: a dataset's __getitem__ must return an (x, y) pair, "
-                            f"got {type(items[0]).__name__}.")
+        bad = next((it for it in items if not (isinstance(it, (tuple, list)) and len(it) == 2)), None)
+        if bad is not None:
+            _fail(where, "a dataset whose __getitem__ returns (x, y) pairs", f"an item of type {type(bad).__name__}",
+                  TypeError)
         return np.stack([np.asarray(it[0]) for it in items]), np.asarray([it[1] for it in items])
     return None
 
@@ -112,8 +119,8 @@ class _CheckedBatches:
     def __iter__(self):
         for item in self.data:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise TypeError(f"{self.where} must yield (x, y) batches, got an item of type "
-                                f"{type(item).__name__}.")
+                _fail(self.where, "an iterable of (x, y) batches", f"an item of type {type(item).__name__}",
+                      TypeError)
             yield item
 
 
@@ -121,16 +128,40 @@ def batches(data, batch_size=None, where="data"):
     """Any accepted data form -> a re-iterable of ``(x, y)`` batches (see the module docstring).
 
     ``batch_size`` applies only to arrays and datasets (a DataLoader keeps its own);
-    None means :data:`DEFAULT_BATCH_SIZE`. ``where`` names the caller and argument in
-    errors, e.g. ``"fit(): data"``.
+    None means :data:`DEFAULT_BATCH_SIZE`. Arrays are cut in order (no shuffling: a
+    DataLoader with ``shuffle=True`` does that); a one-shot iterator (a generator) is
+    read once and kept, so it can be iterated again. ``where`` names the argument in
+    errors (the public caller is found on the stack), or both, e.g. ``"fit(): data"``.
     """
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        _fail("batch_size", "an int >= 1 (samples per batch)", repr(batch_size),
+              ValueError if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+              else TypeError)
+    if data is None or isinstance(data, (str, bytes, dict)) or _is_array(data) or not (
+            hasattr(data, "__iter__") or _is_dataset(data)):
+        _fail(where, FORMS, "an array (pass an (x, y) pair)" if _is_array(data) else type(data).__name__, TypeError)
     pair = as_pair(data, where)
     if pair is not None:
         return _ArrayBatches(*pair, int(batch_size))
-    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
-        raise TypeError(f"{where} must be a DataLoader, an (x, y) pair of arrays, a dataset "
-                        f"(__len__ and __getitem__ -> (x, y)) or an iterable of (x, y) batches, "
-                        f"got {type(data).__name__}.")
+    if iter(data) is data:      # a generator: keep its batches, so every epoch sees them all
+        data = list(data)
     return _CheckedBatches(data, where)
+
+
+FORMS = ("a DataLoader, an (x, y) pair of arrays, a dataset (__len__ and __getitem__ -> (x, y)) "
+         "or an iterable of (x, y) batches")
+"""What every ``data`` argument accepts (said in the errors)."""
+
+
+def as_arrays(data, where="data"):
+    """Any accepted data form -> one ``(x, y)`` pair of arrays (a loader's batches concatenated, in its order)."""
+    pair = as_pair(data, where) if not (data is None or isinstance(data, (str, bytes, dict))) else None
+    if pair is not None:
+        return pair
+    parts = list(batches(data, where=where))
+    if not parts:
+        _fail(where, f"{FORMS} with at least one sample", "no batches")
+    return (np.concatenate([np.asarray(x) for x, _ in parts]),
+            np.concatenate([np.asarray(y) for _, y in parts]))

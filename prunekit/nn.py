@@ -8,6 +8,7 @@ exactly zero; ``state_dict()`` saves it next to the weight as ``<name>_mask``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import zipfile
@@ -22,7 +23,7 @@ from .tensor import Tensor
 __all__ = [
     "Parameter", "Module", "Sequential", "Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Tanh", "Sigmoid", "Flatten", "MaxPool2d", "AvgPool2d", "Dropout", "Identity",
-    "save", "load_state",
+    "save", "load_state", "RemovableHandle",
 ]
 
 
@@ -36,6 +37,44 @@ class Parameter(Tensor):
     def __repr__(self):
         pruned = "" if self.mask is None else f", pruned {1 - self.mask.mean():.1%}"
         return f"Parameter(shape={self.shape}, dtype={self.dtype}{pruned})"
+
+
+class _Hooks:
+    """The forward hooks of one module: ``pre`` and ``post`` dicts id -> hook; falsy when both are empty."""
+
+    _ids = itertools.count()
+
+    def __init__(self):
+        self.pre, self.post = OrderedDict(), OrderedDict()
+
+    def __bool__(self):
+        return bool(self.pre) or bool(self.post)
+
+    def add(self, kind, hook):
+        table = getattr(self, kind)
+        key = next(self._ids)
+        table[key] = hook
+        return RemovableHandle(table, key)
+
+
+class RemovableHandle:
+    """What ``register_forward_hook`` returns: ``.remove()`` takes the hook off (also as a context manager)."""
+
+    def __init__(self, table, key):
+        self._table, self.id = table, key
+
+    def remove(self):
+        """Unregister the hook (doing it twice is harmless)."""
+        self._table.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def __repr__(self):
+        return f"RemovableHandle(id={self.id}, {'active' if self.id in self._table else 'removed'})"
 
 
 class Module:
@@ -77,10 +116,54 @@ class Module:
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")
 
+    _hooks = None  # a _Hooks once a hook was registered on this module (see register_forward_hook)
+
     def __call__(self, x, *args, **kwargs):
         if not isinstance(x, Tensor):
             x = Tensor(x)
+        if self._hooks:            # the only cost of hooks for a module that has none
+            return self._call_with_hooks(x, *args, **kwargs)
         return self.forward(x, *args, **kwargs)
+
+    # -------------------------------------------------------------- hooks
+    def _call_with_hooks(self, *inputs, **kwargs):
+        for hook in list(self._hooks.pre.values()):
+            new = hook(self, inputs)
+            if new is not None:
+                inputs = new if isinstance(new, tuple) else (new,)
+        output = self.forward(*inputs, **kwargs)
+        for hook in list(self._hooks.post.values()):
+            new = hook(self, inputs, output)
+            if new is not None:
+                output = new
+        return output
+
+    def _hook_table(self):
+        if self.__dict__.get("_hooks") is None:
+            object.__setattr__(self, "_hooks", _Hooks())
+        return self._hooks
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward of this module (PyTorch's signature).
+
+        ``inputs`` is the tuple of positional inputs; a hook that returns something
+        other than None replaces the output. Returns a :class:`RemovableHandle`:
+        ``handle.remove()``, or ``with model[0].register_forward_hook(f): ...``.
+        Hooks run in the order they were registered.
+        """
+        if not callable(hook):
+            fail("hook", "a callable hook(module, inputs, output)", type(hook).__name__, TypeError)
+        return self._hook_table().add("post", hook)
+
+    def register_forward_pre_hook(self, hook):
+        """Call ``hook(module, inputs)`` before every forward of this module (PyTorch's signature).
+
+        A hook that returns something other than None replaces the inputs (a single
+        value is wrapped in a tuple). Returns a :class:`RemovableHandle`.
+        """
+        if not callable(hook):
+            fail("hook", "a callable hook(module, inputs)", type(hook).__name__, TypeError)
+        return self._hook_table().add("pre", hook)
 
     # ----------------------------------------------------------- traversal
     def named_children(self):

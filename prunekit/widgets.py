@@ -16,7 +16,7 @@ from ._validate import fail
 __all__ = ["interactive_plot"]
 
 
-def interactive_plot(draw, figsize=(6, 3.5), **controls):
+def interactive_plot(draw, *, figsize=(6, 3.5), **controls):
     """Controls (sliders, dropdowns, ...) above a figure that ``draw`` redraws when one moves.
 
     ``draw(ax, **values)`` gets a fresh matplotlib Axes and the current value of
@@ -94,13 +94,16 @@ class PruningExplorer:
 
     The expensive part of pruning is scoring; the cheap part is thresholding. So the
     explorer scores a *copy* of the model once per score (``compute_scores`` on
-    ``score_data``), sorts the scores once per (score, scope), and from then on an
-    update only
+    ``score_data``), and from then on an update only
 
-    1. keeps the ``n - round(sparsity * n)`` highest-scored weights (one slice of the
-       sorted order: the same counting and tie-breaking as :func:`prunekit.pruning.prune`),
+    1. keeps the ``n - round(sparsity * n)`` highest-scored weights, with the thresholding
+       :func:`prunekit.pruning.prune` uses (``ranking.layer_masks`` / ``ranking.global_masks``:
+       the same counting and tie-breaking),
     2. writes ``dense weights * mask`` into the copy, and
     3. evaluates the copy on a fixed test subset (the first ``n_eval`` samples of ``data``).
+
+    ``data`` and ``score_data`` take any data form (a DataLoader, an ``(x, y)`` pair, a
+    dataset, an iterable of batches); a loader's batches are taken in its order.
 
     The user's model is never modified. ``scope="layer"`` ranks each layer on its own,
     ``"global"`` all weights together. :meth:`update` works without a browser (tests call
@@ -114,7 +117,7 @@ class PruningExplorer:
     evaluate, plus redraw when the widget is shown); ``last_timing`` splits it up.
     """
 
-    def __init__(self, model, data, score_data=None, scores=EXPLORER_SCORES, sparsity=0.5, score="magnitude",
+    def __init__(self, model, data, *, score_data=None, scores=EXPLORER_SCORES, sparsity=0.5, score="magnitude",
                  scope="layer", n_eval=2000, grid=EXPLORER_GRID, layer=None, seed=0,
                  loss="cross_entropy", continuous_update=False):
         import copy
@@ -127,6 +130,8 @@ class PruningExplorer:
             fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
         x, y = self._pair("data", data)
         check_int("n_eval", n_eval, 1)
+        if score_data is not None:
+            score_data = self._pair("score_data", score_data)
         if isinstance(scores, str) or not scores:
             fail("scores", "a non-empty list of score names", scores, TypeError)
         self.scores = tuple(scores)
@@ -135,7 +140,7 @@ class PruningExplorer:
         for s in self.scores:
             check_option("scores", s, tuple(available_scores()))
         self.eval_data = (x[:n_eval], y[:n_eval])
-        self.score_data = self.eval_data if score_data is None else self._pair("score_data", score_data)
+        self.score_data = self.eval_data if score_data is None else score_data
         self.loss, self.seed = loss, seed
         self.grid = tuple(float(self._check_sparsity(s, "grid")) for s in grid)
         self.continuous_update = continuous_update
@@ -153,14 +158,14 @@ class PruningExplorer:
         elif not isinstance(layer, str) or (layer not in names and f"{layer}.weight" not in names):
             fail("layer", f"one of the prunable weights {names}", layer)
         self.layer = layer if layer in names else f"{layer}.weight"
-        self._scores, self._orders, self._curves = {}, {}, {}
+        self._scores, self._curves = {}, {}
         self._ui = None
         self._syncing = False       # True while update() moves the controls itself
         self.last_update_seconds = None
         self.last_timing = {}
         from .train import evaluate
 
-        self.dense_metrics = evaluate(self.model, self.eval_data, loss)
+        self.dense_metrics = evaluate(self.model, self.eval_data, loss=loss)
         self.state = {"sparsity": self._check_sparsity(sparsity), "score": check_option("score", score, self.scores),
                       "scope": check_option("scope", scope, ("layer", "global"))}
         self.result = self.update()
@@ -168,12 +173,12 @@ class PruningExplorer:
     # ------------------------------------------------------------------ checks
     @staticmethod
     def _pair(name, data):
-        if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)):
-            fail(name, "an (x, y) pair of NumPy arrays", type(data).__name__, TypeError)
-        if len(data[0]) != len(data[1]) or len(data[0]) == 0:
-            fail(name, "an (x, y) pair with as many (> 0) targets as inputs",
-                 f"{len(data[0])} inputs, {len(data[1])} targets")
-        return data
+        from ._glue import as_arrays
+
+        x, y = as_arrays(data, name)
+        if len(x) == 0:
+            fail(name, "data with at least one sample", "no samples")
+        return x, y
 
     @staticmethod
     def _check_sparsity(s, name="sparsity"):
@@ -193,36 +198,17 @@ class PruningExplorer:
                                                  seed=self.seed)
         return self._scores[score]
 
-    def order_for(self, score, scope):
-        """Flat indices sorted by increasing score (stable: ties lowest index first), cached."""
-        key = (score, scope)
-        if key not in self._orders:
-            s = self.scores_for(score)
-            if scope == "layer":
-                self._orders[key] = {n: np.argsort(v.reshape(-1), kind="stable") for n, v in s.items()}
-            else:
-                flat = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in s.values()])
-                self._orders[key] = np.argsort(flat, kind="stable")
-        return self._orders[key]
-
     def masks_for(self, sparsity, score, scope):
-        """``{name: bool mask}`` removing ``round(sparsity * n)`` weights, as ``prune`` on the dense model."""
-        order = self.order_for(score, scope)
-        out = {}
+        """``{name: bool mask}`` removing ``round(sparsity * n)`` weights, as ``prune`` on the dense model.
+
+        The thresholding is :mod:`prunekit.pruning.ranking`'s, the one ``prune`` uses.
+        """
+        from .pruning import ranking
+
+        s = self.scores_for(score)
         if scope == "layer":
-            for n, p in self.params.items():
-                keep = np.ones(p.size, dtype=bool)
-                keep[order[n][:int(round(sparsity * p.size))]] = False
-                out[n] = keep.reshape(p.shape)
-        else:
-            sizes = [p.size for p in self.params.values()]
-            keep = np.ones(sum(sizes), dtype=bool)
-            keep[order[:int(round(sparsity * keep.size))]] = False
-            start = 0
-            for (n, p), size in zip(self.params.items(), sizes):
-                out[n] = keep[start:start + size].reshape(p.shape)
-                start += size
-        return out
+            return ranking.layer_masks(s, sparsity)
+        return ranking.global_masks(s, sparsity)
 
     def _apply(self, masks):
         for n, p in self.params.items():
@@ -231,7 +217,7 @@ class PruningExplorer:
     def _evaluate(self):
         from .train import evaluate
 
-        return evaluate(self.model, self.eval_data, self.loss)
+        return evaluate(self.model, self.eval_data, loss=self.loss)
 
     def curve(self, score, scope):
         """``(grid, metrics)``: the model pruned to each sparsity of ``grid`` and evaluated (cached)."""
@@ -266,7 +252,7 @@ class PruningExplorer:
         if scope is not None:
             self.state["scope"] = check_option("scope", scope, ("layer", "global"))
         s, sc, scope = self.state["sparsity"], self.state["score"], self.state["scope"]
-        fresh = (sc, scope) not in self._orders
+        fresh = sc not in self._scores
         self.masks = self.masks_for(s, sc, scope)
         self._apply(self.masks)
         t1 = time.perf_counter()
@@ -458,8 +444,8 @@ class PruningExplorer:
                 f"test {metric} {r[metric]:.4f}, update {1000 * (self.last_update_seconds or 0):.1f} ms)")
 
 
-def pruning_explorer(model, data, score_data=None, **options):
-    """A :class:`PruningExplorer` for ``model`` evaluated on ``data`` (an (x, y) pair); display it.
+def pruning_explorer(model, data, *, score_data=None, **options):
+    """A :class:`PruningExplorer` for ``model`` evaluated on ``data`` (any data form); display it.
 
     ``score_data`` (default: the test subset) feeds the data-driven scores (gradient,
     Taylor); pass a few hundred training samples. Other options: ``scores``,

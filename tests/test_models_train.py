@@ -289,7 +289,7 @@ def test_evaluate_builds_no_graph_and_rejects_empty_data():
     x, y = blobs(n_per_class=3)
     evaluate(model, (x, y))
     assert all(p.grad is None for p in model.parameters())
-    with pytest.raises(ValueError, match="loader must be"):
+    with pytest.raises(ValueError, match=r"evaluate\(\): data must be"):
         evaluate(model, [])
 
 

@@ -75,7 +75,7 @@ def test_bad_model_and_data(m):
         P.prune("model", 0.5)
     with pytest.raises(TypeError, match="data must be"):
         P.prune(m, 0.5, score="taylor", data=5)
-    with pytest.raises(ValueError, match="data.*4 inputs, 3 targets"):
+    with pytest.raises(ValueError, match="prune\\(\\): data.*4 inputs and 3 targets"):
         P.prune(m, 0.5, score="taylor", data=(X, Y[:3]))
 
 
@@ -109,19 +109,26 @@ def test_schedule_errors(m):
     with pytest.raises(ValueError, match="target must be"):
         P.iterative_prune(m, 1.5, 3)
     with pytest.raises(ValueError, match="kind must be"):
-        P.sparsity_schedule(0.5, 3, "exponential")
-    with pytest.raises(ValueError, match="finetune.*missing \\['epochs'\\]"):
+        P.sparsity_schedule(0.5, 3, kind="exponential")
+    with pytest.raises(TypeError, match="iterative_prune\\(\\): finetune must be None, a FineTune.*got dict"):
         P.iterative_prune(m, 0.5, 2, {"loader": [], "optimizer": None})
+    with pytest.raises(TypeError, match="FineTune\\(\\): optimizer must be an Optimizer or a factory"):
+        P.FineTune((X, Y), None)
+    with pytest.raises(TypeError, match="FineTune\\(\\): scheduler must be a factory"):
+        opt = optim.SGD(m.parameters(), lr=0.1)
+        P.FineTune((X, Y), lambda p: optim.SGD(p, lr=0.1), scheduler=optim.StepLR(opt, 1))
     with pytest.raises(ValueError, match="rewind_epoch must be"):
         P.iterative_prune(m, 0.5, 2, rewind_epoch=1)
     with pytest.raises(ValueError, match="sparsity.*got 1.5"):
         P.prune_to(m, 1.5)
-    with pytest.raises(ValueError, match="n_batches must be"):
+    with pytest.raises(ValueError, match="batch_prune\\(\\): rounds must be given, or weights_per_round"):
         P.batch_prune(m, 0.5)
+    with pytest.raises(ValueError, match="rounds must be given, or weights_per_round given .exactly one"):
+        P.batch_prune(m, 0.5, rounds=2, weights_per_round=3)
 
 
 def test_lottery_and_sensitivity_errors(m):
-    train = {"loader": [(X, Y)], "optimizer": lambda p: optim.SGD(p, lr=0.1), "epochs": 1}
+    train = P.FineTune([(X, Y)], lambda p: optim.SGD(p, lr=0.1), epochs=1)
     with pytest.raises(ValueError, match="evaluate must be"):
         P.lottery_ticket(m, train, rounds=1)
     with pytest.raises(ValueError, match="rewind_step.*got 5"):
@@ -131,9 +138,13 @@ def test_lottery_and_sensitivity_errors(m):
     with pytest.raises(ValueError, match="amount must be"):
         P.lottery_ticket(m, train, rounds=1, amount=0, evaluate=(X, Y))
     with pytest.raises(ValueError, match="metric.*got 'acc'"):
-        P.sensitivity_scan(m, (X, Y), amounts=[0.5], metric="acc")
-    with pytest.raises(ValueError, match="amounts must be"):
-        P.sensitivity_scan(m, (X, Y), amounts=[1.5])
+        P.sensitivity_scan(m, (X, Y), sparsities=[0.5], metric="acc")
+    with pytest.raises(ValueError, match="sensitivity_scan\\(\\): sparsities must be"):
+        P.sensitivity_scan(m, (X, Y), sparsities=[1.5])
+    with pytest.raises(TypeError, match="sensitivity_scan\\(\\): amounts must be a keyword"):
+        P.sensitivity_scan(m, (X, Y), amounts=[0.5])          # the old name is refused, not ignored
+    with pytest.raises(ValueError, match="lottery_ticket\\(\\): rewind_step must be 0 when train is a plain"):
+        P.lottery_ticket(m, lambda model, step: None, rounds=1, rewind_step=2, evaluate=(X, Y))
 
 
 def test_unknown_score_option_is_refused(m):

@@ -217,8 +217,8 @@ def test_register_custom_score():
 
 def test_reduce_groups():
     s = np.array([[3.0, -4.0], [1.0, 0.0]])
-    np.testing.assert_allclose(P.reduce_groups(s, 1, "sum"), [7.0, 1.0])
-    np.testing.assert_allclose(P.reduce_groups(s, 1, "l2"), [5.0, 1.0])
+    np.testing.assert_allclose(P.reduce_groups(s, 1, how="sum"), [7.0, 1.0])
+    np.testing.assert_allclose(P.reduce_groups(s, 1, how="l2"), [5.0, 1.0])
     assert P.get_score("l2").group_reduce == "l2" and P.get_score("magnitude").group_reduce == "sum"
 
 
@@ -266,11 +266,11 @@ def test_grade_scores_against_oracle():
     assert g["oracle_abs"] == pytest.approx(1.0)
     masks = P.masks(m)
     delta = P.compute_scores(m, "oracle", data=(X, Y_CLS))
-    direct = P.spearman(P.compute_scores(m, "magnitude"), {n: np.abs(v) for n, v in delta.items()}, masks)
+    direct = P.spearman(P.compute_scores(m, "magnitude"), {n: np.abs(v) for n, v in delta.items()}, masks=masks)
     assert g["magnitude"] == pytest.approx(direct)
     signed = P.grade_scores(m, (X, Y_CLS), scores=("movement",), reference="oracle")
     assert signed["movement"] == pytest.approx(P.spearman(P.compute_scores(m, "movement", data=(X, Y_CLS)), delta,
-                                                          masks))
+                                                          masks=masks))
 
 
 def test_oracle_generic_path_equals_sequential_fast_path():

@@ -134,9 +134,9 @@ def test_agp_warns_when_end_is_after_training():
 
 # ------------------------------------------------------------------ iterative and batch pruning
 def test_sparsity_schedule_values():
-    assert P.sparsity_schedule(0.75, 2, "geometric") == pytest.approx([0.5, 0.75])
-    assert P.sparsity_schedule(0.9, 3, "linear") == pytest.approx([0.3, 0.6, 0.9])
-    assert P.sparsity_schedule(0.8, 2, "cubic") == pytest.approx([0.8 * (1 - 0.125), 0.8])
+    assert P.sparsity_schedule(0.75, 2, kind="geometric") == pytest.approx([0.5, 0.75])
+    assert P.sparsity_schedule(0.9, 3, kind="linear") == pytest.approx([0.3, 0.6, 0.9])
+    assert P.sparsity_schedule(0.8, 2, kind="cubic") == pytest.approx([0.8 * (1 - 0.125), 0.8])
 
 
 def test_iterative_prune_with_callable_finetune():
@@ -159,7 +159,7 @@ def test_iterative_prune_with_callable_finetune():
     assert seen[0][1] < seen[1][1] < seen[2][1]
 
 
-def test_iterative_prune_with_fit_args_and_lr_rewinding():
+def test_iterative_prune_with_a_finetune_and_lr_rewinding():
     m = small()
     opt = optim.SGD(m.parameters(), lr=0.1)
     sched = optim.StepLR(opt, step_size=1, gamma=0.5)
@@ -169,8 +169,8 @@ def test_iterative_prune_with_fit_args_and_lr_rewinding():
         def on_train_begin(self, state):
             lrs.append(state.optimizer.lr)
 
-    P.iterative_prune(m, 0.5, 2, {"loader": DataLoader(X, Y, 32), "optimizer": opt, "epochs": 2,
-                                  "scheduler": sched, "callbacks": [Spy()]}, rewind_epoch=0)
+    P.iterative_prune(m, 0.5, 2, P.FineTune(DataLoader(X, Y, 32), opt, 2, scheduler=sched, callbacks=[Spy()]),
+                      rewind_epoch=0)
     assert lrs == [0.1, 0.1]   # without rewinding the second round would start at 0.025
     assert P.sparsity(m).total == pytest.approx(0.5, abs=0.01)
 
@@ -181,7 +181,7 @@ def test_rewind_learning_rate():
     for _ in range(3):
         sched.step()
     assert opt.lr == pytest.approx(1e-3)
-    P.rewind_learning_rate(sched, 1)
+    P.rewind_learning_rate(sched, epoch=1)
     assert opt.lr == pytest.approx(0.1)
     with pytest.raises(TypeError, match="scheduler must be"):
         P.rewind_learning_rate(opt)
@@ -196,7 +196,7 @@ def test_batch_prune_rescoring():
         return {n: np.abs(w) for n, w in ctx.weights.items()}
 
     n = m[0].weight.size + m[2].weight.size + m[4].weight.size
-    rep = P.batch_prune(m, 0.6, n_batches=4, score=counting, scope="global")
+    rep = P.batch_prune(m, 0.6, rounds=4, score=counting, scope="global")
     assert len(calls) == 4 and calls == sorted(calls) and calls[0] == 0
     assert rep.pruned == round(0.6 * n)
     # with a data-free score the result equals one-shot pruning
@@ -205,8 +205,12 @@ def test_batch_prune_rescoring():
     for a, b in zip(P.masks(m).values(), P.masks(m2).values()):
         np.testing.assert_array_equal(a, b)
     m3 = small()
-    P.batch_prune(m3, 0.5, batch_size=50, score="taylor", data=(X, Y), scope="global")
-    assert P.sparsity(m3).pruned == round(0.5 * n)
+    calls.clear()
+    P.batch_prune(m3, 0.5, weights_per_round=50, score=counting, scope="global")
+    assert P.sparsity(m3).pruned == round(0.5 * n) and len(calls) == -(-round(0.5 * n) // 50)
+    m4 = small()
+    P.batch_prune(m4, 0.5, weights_per_round=50, score="taylor", data=(X, Y), scope="global")
+    assert P.sparsity(m4).pruned == round(0.5 * n)
 
 
 def test_random_baseline_is_worse_than_magnitude():
@@ -231,11 +235,13 @@ def test_lottery_ticket_rewinds_to_step_k_and_controls():
     starts = []
     loader = DataLoader(X, Y, 16)
 
-    def train(model, callbacks):
-        starts.append({n: p.data.copy() for n, p in model.named_parameters()})
-        masks = {n: None if p.mask is None else p.mask.copy() for n, p in model.named_parameters()}
-        starts[-1]["masks"] = masks
-        return fit(model, loader, optim.SGD(model.parameters(), lr=0.05), 2, callbacks=callbacks, progress=False)
+    class Starts(Callback):
+        def on_train_begin(self, state):
+            model = state.model
+            starts.append({n: p.data.copy() for n, p in model.named_parameters()})
+            starts[-1]["masks"] = {n: None if p.mask is None else p.mask.copy() for n, p in model.named_parameters()}
+
+    train = P.FineTune(loader, lambda p: optim.SGD(p, lr=0.05), 2, callbacks=[Starts()])
 
     # what the weights are after 3 batches of the first run (reference, same deterministic training)
     ref = small(2)
@@ -273,10 +279,8 @@ def test_lottery_reinit_draws_from_initial_values():
     theta_0 = {n: p.data.copy() for n, p in m.named_parameters()}
     seen = []
 
-    def train(model, callbacks):
+    def train(model, step):
         seen.append({n: p.data.copy() for n, p in model.named_parameters()})
-        for cb in callbacks:
-            cb.on_train_begin(type("S", (), {"model": model})())
 
     P.lottery_ticket(m, train, rounds=1, amount=0.5, evaluate=lambda mm: 0.0, controls=["reinit"], seed=1)
     reinit = seen[-1]
@@ -286,12 +290,16 @@ def test_lottery_reinit_draws_from_initial_values():
             assert not np.array_equal(reinit[n], theta_0[n])
 
 
-def test_lottery_ticket_with_fit_dict():
+def test_lottery_ticket_with_a_finetune_and_a_plain_callable():
     m = small(4)
-    res = P.lottery_ticket(m, {"loader": DataLoader(X, Y, 32), "optimizer": lambda p: optim.SGD(p, lr=0.05),
-                               "epochs": 1}, rounds=1, amount=0.3, evaluate=(X, Y), controls=())
+    res = P.lottery_ticket(m, P.FineTune(DataLoader(X, Y, 32), lambda p: optim.SGD(p, lr=0.05), 1),
+                           rounds=1, amount=0.3, evaluate=(X, Y), controls=())
     assert res.rounds[1]["sparsity"] == pytest.approx(0.3, abs=0.01) and res.controls == {}
-    with pytest.raises(TypeError, match="factory"):
+    steps = []
+    P.lottery_ticket(small(4), lambda model, step: steps.append(step), rounds=2, amount=0.3,
+                     evaluate=lambda mm: 0.0, controls=["reinit"])
+    assert steps == [0, 1, 2, 2]              # dense run, rounds 1 and 2, the control as the last round
+    with pytest.raises(TypeError, match="lottery_ticket\\(\\): train must be None, a FineTune.*got dict"):
         P.lottery_ticket(m, {"loader": DataLoader(X, Y, 32), "optimizer": optim.SGD(m.parameters(), lr=0.1),
                              "epochs": 1}, rounds=1, evaluate=(X, Y))
 
@@ -302,7 +310,7 @@ def test_sensitivity_scan_matches_manual_and_restores_model():
     fit(m, DataLoader(X, Y, 16), optim.Adam(m.parameters(), lr=1e-2), 10, progress=False)
     P.prune(m, 0.2)
     state = m.state_dict()
-    res = P.sensitivity_scan(m, (X, Y), amounts=[0.5, 0.9], metric="loss")
+    res = P.sensitivity_scan(m, (X, Y), sparsities=[0.5, 0.9], metric="loss")
     after = m.state_dict()
     assert state.keys() == after.keys() and all(np.array_equal(state[k], after[k]) for k in state)
     assert res.baseline == pytest.approx(evaluate(m, (X, Y))["loss"])
@@ -313,19 +321,19 @@ def test_sensitivity_scan_matches_manual_and_restores_model():
     assert list(res.values) == ["0.weight", "2.weight", "4.weight"] and "dense" in repr(res)
 
 
-def test_amounts_for_tolerated_drop():
+def test_sparsities_for_tolerated_drop():
     res = P.SensitivityResult([0.5, 0.8, 0.9], {"a": [0.90, 0.89, 0.80], "b": [0.85, 0.91, 0.91],
                                                 "c": [0.95, 0.95, 0.95]}, 0.91, "accuracy", True)
-    assert res.amounts_for(0.025) == {"a": 0.8, "b": 0.0, "c": 0.9}
+    assert res.sparsities_for(0.025) == {"a": 0.8, "b": 0.0, "c": 0.9}
     loss = P.SensitivityResult([0.5, 0.9], {"a": [1.0, 1.2]}, 1.0, "loss", False)
-    assert loss.amounts_for(0.1) == {"a": 0.5}
+    assert loss.sparsities_for(0.1) == {"a": 0.5}
 
 
-def test_sensitivity_plot_and_amounts_feed_prune_to():
+def test_sensitivity_plot_and_sparsities_feed_prune_to():
     import matplotlib
     matplotlib.use("Agg")
     m = small()
-    res = P.sensitivity_scan(m, lambda mm: evaluate(mm, (X, Y)), amounts=[0.5], metric="accuracy")
+    res = P.sensitivity_scan(m, lambda mm: evaluate(mm, (X, Y)), sparsities=[0.5], metric="accuracy")
     ax = res.plot()
     assert ax.get_xlabel().startswith("sparsity") and len(ax.lines) == 4
     P.prune_to(m, {"0.weight": 0.5, "4.weight": 0.25})
@@ -334,6 +342,36 @@ def test_sensitivity_plot_and_amounts_feed_prune_to():
 
 def test_batch_prune_layer_scope_counts_per_layer():
     m = small()
-    P.batch_prune(m, 0.5, batch_size=7, score="taylor", data=(X, Y))
+    P.batch_prune(m, 0.5, weights_per_round=7, score="taylor", data=(X, Y))
     for r in P.sparsity(m).rows:
         assert r["pruned"] == round(0.5 * r["size"])
+
+
+def test_sensitivity_scan_with_finetune_restores_everything():
+    m = small()
+    fit(m, DataLoader(X, Y, 16), optim.Adam(m.parameters(), lr=1e-2), 5, progress=False)
+    P.prune(m, 0.2)
+    state = m.state_dict()
+    steps = []
+    ft = P.FineTune(DataLoader(X, Y, 16), lambda p: optim.SGD(p, lr=0.05), 1)
+
+    def tune(model, step):
+        steps.append(step)
+        ft(model, step)
+
+    res = P.sensitivity_scan(m, (X, Y), sparsities=[0.5, 0.9], metric="loss", finetune=tune)
+    after = m.state_dict()
+    assert state.keys() == after.keys() and all(np.array_equal(state[k], after[k]) for k in state)
+    assert steps == [1, 2, 3, 4, 5, 6]           # 3 layers x 2 sparsities
+    m.load_state_dict(state)                      # by hand: layer 2 at 90%, one epoch, evaluate
+    P.prune_to(m, 0.9, layers=["2"])
+    ft(m)
+    assert res.values["2.weight"][1] == pytest.approx(evaluate(m, (X, Y))["loss"])
+    assert P.sparsity(m)["2.weight"] == pytest.approx(0.9, abs=0.01)   # fine-tuning kept the cut
+    with pytest.raises(TypeError, match=r"sensitivity_scan\(\): finetune must be None, a FineTune"):
+        P.sensitivity_scan(m, (X, Y), finetune={"epochs": 1})
+
+
+def test_agp_refuses_an_unknown_score_option_when_made():
+    with pytest.raises(TypeError, match=r"AGP\(\): max_sample must be a keyword score 'obd' knows"):
+        P.AGP(0.5, score="obd", max_sample=10)

@@ -187,8 +187,10 @@ def test_bad_input_is_refused(digits):
     model, score_data, test = digits
     with pytest.raises(TypeError, match="model must be"):
         PruningExplorer("model", test)
-    with pytest.raises(TypeError, match="data must be"):
-        PruningExplorer(model, [test[0], test[1]])
+    with pytest.raises(TypeError, match="PruningExplorer\\(\\): data must be a DataLoader.*got an array"):
+        PruningExplorer(model, test[0])
+    with pytest.raises(ValueError, match="PruningExplorer\\(\\): score_data must be an \\(x, y\\) pair with as many"):
+        PruningExplorer(model, test, score_data=(test[0], test[1][:3]))
     with pytest.raises(ValueError, match="score must be"):
         PruningExplorer(model, test, score="oracle2")
     with pytest.raises(ValueError, match="scores must be"):

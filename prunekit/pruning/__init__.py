@@ -7,6 +7,11 @@
     pruning.prune(model, 0.5, score="taylor", data=(x, y))   # again: half of what is left
     pruning.remove(model)                    # keep the zeros, drop the masks
 
+Every ``data`` argument takes a DataLoader, an ``(x, y)`` pair, a dataset or an iterable
+of batches; every fine-tune is a :class:`FineTune` (or a callable ``finetune(model, step)``)::
+
+    pruning.iterative_prune(model, 0.9, 3, pruning.FineTune(loader, lambda p: optim.SGD(p, lr=0.01), 1))
+
 Modules, in reading order: ``ranking`` (scores -> masks, torch's counting rules),
 ``scores`` (the importance-score registry), ``unstructured`` (prune a model),
 ``schedules`` (iterative, AGP, learning-rate rewinding), ``lottery`` (lottery
@@ -20,6 +25,7 @@ from .unstructured import (SparsityReport, apply_masks, batch_prune, is_pruned, 
 from .schedules import AGP, agp_sparsity, iterative_prune, rewind_learning_rate, sparsity_schedule
 from .lottery import LotteryResult, WeightSnapshot, lottery_ticket, rewind_weights
 from .sensitivity import SensitivityResult, plot_sensitivity, sensitivity_scan
+from ..train import FineTune
 
 __all__ = [
     "prune", "prune_to", "batch_prune", "masks", "sparsity", "remove", "is_pruned", "apply_masks", "set_mask",
@@ -29,5 +35,5 @@ __all__ = [
     "n_to_prune", "bottom_k_mask", "layer_masks", "global_masks",
     "AGP", "agp_sparsity", "sparsity_schedule", "iterative_prune", "rewind_learning_rate",
     "lottery_ticket", "LotteryResult", "WeightSnapshot", "rewind_weights",
-    "sensitivity_scan", "SensitivityResult", "plot_sensitivity",
+    "sensitivity_scan", "SensitivityResult", "plot_sensitivity", "FineTune",
 ]

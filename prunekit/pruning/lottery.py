@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import optim
 from .._validate import check_int, check_number, check_option, fail
-from ..train import Callback, evaluate as _evaluate, fit
+from ..train import Callback, FineTune, as_evaluator, as_finetune
 from ._targets import check_model, select_weights
 from .unstructured import prune, prune_to, sparsity
 
@@ -105,42 +104,21 @@ class LotteryResult:
         return ax
 
 
-def _trainer(train, loss):
-    """A function ``run(model, callbacks)`` from a callable or a dict of fit() arguments."""
-    if callable(train):
-        return train
-    if not isinstance(train, dict) or not {"loader", "optimizer", "epochs"} <= set(train):
-        fail("train", "a callable train(model, callbacks) or a dict with loader, optimizer "
-             "(a factory params -> Optimizer), epochs and optionally scheduler (factory), val_loader",
-             type(train).__name__ if not isinstance(train, dict) else sorted(train), TypeError)
-    make_opt = train["optimizer"]
-    if isinstance(make_opt, optim.Optimizer) or not callable(make_opt):
-        fail("train['optimizer']", "a factory params -> Optimizer (every round starts a fresh optimizer, "
-             "e.g. lambda p: optim.SGD(p, lr=0.1))", type(make_opt).__name__, TypeError)
-
-    def run(model, callbacks):
-        opt = make_opt(model.parameters())
-        sched = train["scheduler"](opt) if train.get("scheduler") is not None else None
-        return fit(model, train["loader"], opt, train["epochs"], loss=train.get("loss", loss),
-                   val_loader=train.get("val_loader"), callbacks=list(callbacks), progress=False,
-                   scheduler=sched)
-
-    return run
-
-
-def lottery_ticket(model, train, rounds, amount=0.2, rewind_step=0, scope="layer", layers=None,
+def lottery_ticket(model, train, rounds, *, amount=0.2, rewind_step=0, scope="layer", layers=None,
                    evaluate=None, controls=CONTROLS, metric="accuracy", seed=None, loss="cross_entropy"):
     """Find a winning ticket by iterative magnitude pruning with rewinding (Frankle & Carbin 2019).
 
-    ``train``: a dict of :func:`fit` arguments with an optimizer *factory*
-    (``{"loader": ..., "optimizer": lambda p: optim.SGD(p, lr=0.1), "epochs": 5}``),
-    or a callable ``train(model, callbacks)`` that trains ``model`` and calls the callbacks.
+    ``train``: a :class:`prunekit.train.FineTune`, e.g. ``FineTune(loader, lambda p:
+    optim.SGD(p, lr=0.1), epochs=5)`` (an optimizer factory gives every run a fresh
+    optimizer, as the paper does), or a callable ``train(model, step)`` that trains
+    ``model`` (step 0: the dense run; r: round r; the controls get ``rounds``); a plain
+    callable allows only ``rewind_step=0`` (a FineTune records theta_k during the run).
     Each of ``rounds`` rounds prunes ``amount`` of the remaining weights by magnitude
     (``scope`` "layer" or "global"), rewinds the survivors to their values after
     ``rewind_step`` batches of the first training run (0 = initialisation; Frankle et
     al. 2020 rewind to an early iteration k) and retrains. After round r the sparsity is
     ``1 - (1 - amount)^r``. ``evaluate``: a callable model -> metrics (dict or float) or
-    data for :func:`prunekit.train.evaluate`. ``controls``: any of "reinit" (ticket mask,
+    any data form for :func:`prunekit.train.evaluate`. ``controls``: any of "reinit" (ticket mask,
     shuffled initial weights) and "random_mask" (random mask with the ticket's per-layer
     sparsity, rewound weights); each is trained like the ticket. The model ends as the
     trained final ticket. Returns a :class:`LotteryResult`.
@@ -154,15 +132,24 @@ def lottery_ticket(model, train, rounds, amount=0.2, rewind_step=0, scope="layer
     for c in controls:
         check_option("controls", c, CONTROLS)
     params = select_weights(model, layers)
-    run = _trainer(train, loss)
+    if train is None:
+        fail("train", "a FineTune(data, optimizer, epochs) or a callable train(model, step)", None, TypeError)
+    run = as_finetune(train, "train")
+    if not isinstance(run, FineTune) and rewind_step != 0:
+        fail("rewind_step", "0 when train is a plain callable (pass a FineTune to rewind to a later step)",
+             rewind_step)
     if evaluate is None:
-        fail("evaluate", "a callable model -> metrics or (x, y) data to evaluate the tickets on", None)
-    evaluator = evaluate if callable(evaluate) else (lambda m: _evaluate(m, evaluate, loss))
+        fail("evaluate", "a callable model -> metrics or data to evaluate the tickets on", None)
+    evaluator = as_evaluator(evaluate, loss)
     rng = np.random.default_rng(seed)
 
     theta_0 = _state(model)
     snap = WeightSnapshot(rewind_step)
-    run(model, [snap])
+    if isinstance(run, FineTune):
+        run(model, 0, callbacks=[snap])
+    else:
+        snap.state = _state(model)
+        run(model, 0)
     if snap.state is None:
         fail("rewind_step", "at most the number of batches of one training run", rewind_step)
     theta_k = snap.state
@@ -170,7 +157,7 @@ def lottery_ticket(model, train, rounds, amount=0.2, rewind_step=0, scope="layer
     for r in range(1, rounds + 1):
         prune(model, amount, score="magnitude", scope=scope, layers=list(params))
         rewind_weights(model, theta_k)
-        run(model, [])
+        run(model, r)
         history.append({"round": r, "sparsity": sparsity(model, list(params)).total, "metrics": evaluator(model)})
 
     ticket_state = model.state_dict()
@@ -188,7 +175,7 @@ def lottery_ticket(model, train, rounds, amount=0.2, rewind_step=0, scope="layer
             rewind_weights(model, theta_k)
             prune_to(model, {n: 1 - float(m.mean()) for n, m in ticket_masks.items()}, score="random",
                      layers=list(params), seed=rng)
-        run(model, [])
+        run(model, rounds)
         results[c] = {"sparsity": sparsity(model, list(params)).total, "metrics": evaluator(model)}
     if controls:
         model.load_state_dict(ticket_state)

@@ -18,10 +18,11 @@ import warnings
 
 import numpy as np
 
-from .. import optim
+from .. import _glue, optim
 from .._validate import check_int, check_number, check_option, fail
-from ..train import Callback, evaluate as _evaluate, fit
+from ..train import Callback, as_evaluator, as_finetune
 from ._targets import check_model, select_weights
+from .scores import check_score_options
 from .unstructured import prune_to, sparsity
 
 __all__ = ["agp_sparsity", "AGP", "sparsity_schedule", "iterative_prune", "rewind_learning_rate"]
@@ -58,10 +59,11 @@ class AGP(Callback):
     chosen weights end at exactly ``final_sparsity`` (``round(s_f * n)`` weights per
     layer, or over all chosen weights with ``scope="global"``). Steps count batches
     (``state.step``). ``history`` lists ``(step, target, reached)``.
-    Other arguments are passed to :func:`prune_to`.
+    ``score``, ``scope``, ``layers``, ``data`` (any data form), ``seed``, ``loss`` and
+    the score's options are passed to :func:`prune_to`.
     """
 
-    def __init__(self, final_sparsity, begin_step=0, end_step=None, frequency=1, initial_sparsity=0.0,
+    def __init__(self, final_sparsity, *, begin_step=0, end_step=None, frequency=1, initial_sparsity=0.0,
                  score="magnitude", scope="layer", layers=None, data=None, seed=None, loss="cross_entropy",
                  **options):
         self.final_sparsity = check_number("final_sparsity", final_sparsity, 0, 1)
@@ -69,6 +71,9 @@ class AGP(Callback):
         self.begin_step = check_int("begin_step", begin_step, 0)
         self.end_step = None if end_step is None else check_int("end_step", end_step, begin_step + 1)
         self.frequency = check_int("frequency", frequency, 1)
+        check_score_options(score, options)   # now, not at the first pruning step during training
+        if data is not None:
+            data = _glue.batches(data, options.get("batch_size"), "data")
         self.kwargs = dict(score=score, scope=check_option("scope", scope, ("layer", "global")),
                            layers=layers, data=data, seed=seed, loss=loss, **options)
         self.history = []
@@ -103,7 +108,7 @@ class AGP(Callback):
             self._prune(state.model, t)
 
 
-def sparsity_schedule(target, steps, kind="geometric"):
+def sparsity_schedule(target, steps, *, kind="geometric"):
     """The sparsity after each of ``steps`` pruning rounds, ending exactly at ``target``.
 
     * "geometric": every round removes the same fraction of what is left,
@@ -125,7 +130,7 @@ def sparsity_schedule(target, steps, kind="geometric"):
     return [float(v) for v in s]
 
 
-def rewind_learning_rate(scheduler, epoch=0):
+def rewind_learning_rate(scheduler, *, epoch=0):
     """Learning-rate rewinding (Renda et al. 2020): replay the schedule from ``epoch``.
 
     After pruning, keep the trained weights but set the learning rate back to what
@@ -139,81 +144,41 @@ def rewind_learning_rate(scheduler, epoch=0):
     return scheduler
 
 
-_FIT_KEYS = ("loader", "optimizer", "epochs", "loss", "val_loader", "callbacks", "progress", "scheduler")
-
-
-def _finetuner(finetune, loss):
-    """A function model -> result from a callable or a dict of ``fit`` arguments."""
-    if finetune is None:
-        return lambda model, step: None
-    if callable(finetune):
-        return finetune
-    if not isinstance(finetune, dict):
-        fail("finetune", "None, a callable finetune(model, step) or a dict of fit() arguments",
-             type(finetune).__name__, TypeError)
-    unknown = sorted(set(finetune) - set(_FIT_KEYS))
-    missing = [k for k in ("loader", "optimizer", "epochs") if k not in finetune]
-    if unknown or missing:
-        fail("finetune", f"a dict with keys loader, optimizer, epochs (optional: {', '.join(_FIT_KEYS[3:])})",
-             f"missing {missing}, unknown {unknown}")
-    kw = {"loss": loss, "progress": False, **finetune}
-
-    def run(model, step):
-        opt = kw["optimizer"]
-        if not isinstance(opt, optim.Optimizer):
-            if not callable(opt):
-                fail("finetune['optimizer']", "an Optimizer or a callable params -> Optimizer", opt, TypeError)
-            opt = opt(model.parameters())
-        sched = kw.get("scheduler")
-        if sched is not None and not isinstance(sched, optim.LRScheduler):
-            sched = sched(opt)
-        return fit(model, kw["loader"], opt, kw["epochs"], loss=kw["loss"], val_loader=kw.get("val_loader"),
-                   callbacks=kw.get("callbacks", ()), progress=kw["progress"], scheduler=sched)
-
-    run.scheduler = finetune.get("scheduler")
-    return run
-
-
-def _evaluator(evaluate, loss):
-    if evaluate is None:
-        return None
-    if callable(evaluate):
-        return evaluate
-    return lambda model: _evaluate(model, evaluate, loss)
-
-
-def iterative_prune(model, target, steps, finetune=None, score="magnitude", scope="layer", data=None,
+def iterative_prune(model, target, steps, finetune=None, *, score="magnitude", scope="layer", data=None,
                     layers=None, schedule="geometric", rewind_epoch=None, evaluate=None, seed=None,
                     loss="cross_entropy", **options):
     """Iterative pruning: ``steps`` rounds of (prune to the next sparsity, fine-tune) up to ``target``.
 
-    ``finetune`` is a function ``finetune(model, step)`` or a dict of :func:`fit`
-    arguments (``loader``, ``optimizer`` -- an Optimizer or a factory ``params -> Optimizer``,
-    ``epochs``, optionally ``scheduler``, ``val_loader``, ``callbacks``). The sparsity after
-    round i follows :func:`sparsity_schedule` (``schedule``), and ends exactly at
-    ``target``. With ``rewind_epoch`` (and a scheduler object in ``finetune``) the
-    learning rate is rewound before each fine-tune (Renda et al. 2020).
-    ``evaluate`` (a callable model -> metrics, or data for :func:`prunekit.train.evaluate`)
-    is run after each round. Returns a list of dicts per round:
+    ``finetune`` is a :class:`prunekit.train.FineTune` (data, an optimizer or a factory
+    ``params -> Optimizer``, epochs, optionally a scheduler and callbacks) or a callable
+    ``finetune(model, step)``. The sparsity after round i follows :func:`sparsity_schedule`
+    (``schedule``), and ends exactly at ``target``. With ``rewind_epoch`` (and a FineTune
+    holding a scheduler object) the learning rate is rewound before each fine-tune
+    (Renda et al. 2020). ``evaluate`` (a callable model -> metrics, or any data form for
+    :func:`prunekit.train.evaluate`) is run after each round. ``data`` feeds the
+    data-driven scores. Returns a list of dicts per round:
     ``step, sparsity, report, finetune (its result), metrics``.
     """
     check_model(model)
-    targets = sparsity_schedule(target, steps, schedule)
-    run = _finetuner(finetune, loss)
+    targets = sparsity_schedule(target, steps, kind=schedule)
+    run = as_finetune(finetune)
     if rewind_epoch is not None:
         sched = getattr(run, "scheduler", None)
         if not isinstance(sched, optim.LRScheduler):
-            fail("rewind_epoch", "None unless finetune has a 'scheduler' object to rewind", rewind_epoch)
+            fail("rewind_epoch", "None unless finetune is a FineTune with a scheduler object to rewind",
+                 rewind_epoch)
         check_int("rewind_epoch", rewind_epoch, 0)
-    evaluator = _evaluator(evaluate, loss)
+    evaluator = as_evaluator(evaluate, loss)
     select_weights(model, layers)  # validate early
+    if data is not None:           # read a generator once, for every round
+        data = _glue.batches(data, options.get("batch_size"), "data")
     results = []
     for i, s in enumerate(targets, start=1):
         report = prune_to(model, s, score=score, scope=scope, data=data, layers=layers, seed=seed,
                           loss=loss, **options)
         if rewind_epoch is not None:
-            rewind_learning_rate(run.scheduler, rewind_epoch)
-        out = run(model, i)
+            rewind_learning_rate(run.scheduler, epoch=rewind_epoch)
+        out = run(model, i) if run is not None else None
         results.append({"step": i, "sparsity": s, "report": report, "finetune": out,
                         "metrics": evaluator(model) if evaluator else None})
     return results

@@ -25,6 +25,7 @@ taylor        ``|w_j * g_j|`` = first-order estimate of |ΔL_j|     Molchanov et
 obd           ``0.5 * w_j^2 * H_jj``, H_jj ~ Fisher mean of g^2    LeCun et al. 1990 (OBD)
 snip          ``|w_j g_j| / sum_k |w_k g_k|``                      Lee et al. 2019 (SNIP)
 movement      ``-w_j * sum_b g_j``  (or a :class:`MovementTracker`)  Sanh et al. 2020
+activation    ``mean |a_i|``, a_i the output unit w_j feeds        Molchanov et al. 2017
 oracle        ``ΔL_j`` exactly (one loss evaluation per weight)    brute force
 oracle_abs    ``|ΔL_j|`` (what the cheap scores estimate)          Molchanov et al. 2017
 ============  ===================================================  ===========================
@@ -41,7 +42,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .. import functional as F
+from .. import _glue
 from .. import nn
 from ..tensor import Tensor, no_grad
 from .._validate import check_int, check_option, fail
@@ -49,12 +50,9 @@ from ..train import Callback
 
 __all__ = [
     "ScoreSpec", "ScoreContext", "register_score", "get_score", "available_scores", "compute_scores",
-    "as_batches", "resolve_loss", "reduce_groups", "MovementTracker", "DATA_FREE_SCORES",
+    "reduce_groups", "MovementTracker", "DATA_FREE_SCORES",
     "spearman", "grade_scores",
 ]
-
-LOSSES = ("cross_entropy", "mse")
-
 
 class ScoreSpec(NamedTuple):
     """A registered score: its function and whether it needs ``data``."""
@@ -119,48 +117,6 @@ def get_score(score):
          type(score).__name__, TypeError)
 
 
-# ------------------------------------------------------------------ data and loss
-def _is_pair(data):
-    return (isinstance(data, tuple) and len(data) == 2
-            and isinstance(data[0], np.ndarray) and not isinstance(data[0], tuple))
-
-
-def as_batches(data, batch_size=256):
-    """Yield ``(x, y)`` batches from an ``(x, y)`` pair of arrays, a DataLoader or a list of pairs."""
-    if _is_pair(data):
-        x, y = data
-        y = np.asarray(y)
-        if len(x) != len(y):
-            fail("data", "an (x, y) pair with as many targets as inputs", f"{len(x)} inputs, {len(y)} targets")
-        for i in range(0, len(x), batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-        return
-    try:
-        it = iter(data)
-    except TypeError:
-        fail("data", "an (x, y) pair of arrays or a DataLoader", type(data).__name__, TypeError)
-    for item in it:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            fail("data", "an (x, y) pair of arrays or an iterable of (x, y) batches",
-                 f"an iterable of {type(item).__name__}", TypeError)
-        yield item
-
-
-def _mse(pred, target):
-    target = np.asarray(target.data if isinstance(target, Tensor) else target)
-    if target.shape != pred.shape and target.size == pred.size:
-        target = target.reshape(pred.shape)  # (N,) targets for an (N, 1) output
-    return F.mse_loss(pred, target.astype(pred.dtype, copy=False))
-
-
-def resolve_loss(loss):
-    """"cross_entropy" -> F.cross_entropy, "mse" -> mean squared error; a callable is kept."""
-    if callable(loss):
-        return loss
-    check_option("loss", loss, LOSSES)
-    return F.cross_entropy if loss == "cross_entropy" else _mse
-
-
 @contextlib.contextmanager
 def _scoring(model, params):
     """Eval mode and fresh gradients inside; training flags and old grads restored after."""
@@ -181,9 +137,13 @@ class ScoreContext:
     """Everything a score function may use; gradient statistics are computed once and cached.
 
     Attributes: ``model``, ``params`` (name -> Parameter), ``weights`` (name -> ndarray,
-    the live ``param.data``), ``masks`` (name -> mask or None), ``data``, ``loss``
-    (a function ``loss(output, y) -> Tensor``), ``rng`` (numpy Generator), ``options``
-    (extra keyword arguments given to :func:`prune`), ``score_name``.
+    the live ``param.data``), ``masks`` (name -> mask or None), ``data`` (any data form,
+    see :func:`prunekit._glue.batches`), ``loss`` (a function ``loss(output, y) -> Tensor``),
+    ``rng`` (numpy Generator), ``options`` (extra keyword arguments given to :func:`prune`),
+    ``score_name``. Methods give what scores are made of: :meth:`batches`,
+    :meth:`mean_gradient`, :meth:`mean_abs_gradient`, :meth:`fisher_diagonal`,
+    :meth:`loss_value` and :meth:`activations` (the layers' outputs, recorded with
+    forward hooks).
     """
 
     def __init__(self, model, params, data=None, loss="cross_entropy", seed=None, options=None,
@@ -192,7 +152,7 @@ class ScoreContext:
         self.params = OrderedDict(params)
         self.data = data
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
-        self.loss = resolve_loss(loss)
+        self.loss = _glue.get_loss(loss, "loss")
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.options = dict(options or {})
         self.score_name = score_name
@@ -211,13 +171,49 @@ class ScoreContext:
 
     def require_data(self):
         if self.data is None:
-            fail("data", f"an (x, y) pair or a DataLoader for score {self.score_name!r} "
-                 "(it needs gradients or losses on data)", None)
+            fail("data", f"{_glue.FORMS} for score {self.score_name!r} (it needs gradients or losses on data)",
+                 None)
 
     def batches(self):
-        """Iterate over the ``(x, y)`` batches of ``data``."""
+        """Iterate over the ``(x, y)`` batches of ``data`` (arrays: ``batch_size`` samples, an option)."""
         self.require_data()
-        yield from as_batches(self.data, self.option("batch_size", 256))
+        yield from _glue.batches(self.data, self.option("batch_size", None), "data")
+
+    def activations(self):
+        """``{weight name: output of the layer that owns it}`` over all of ``data`` (cached).
+
+        Recorded with forward hooks (:meth:`prunekit.nn.Module.register_forward_hook`) in
+        evaluation mode without gradients; the arrays are the layers' outputs for every
+        sample, concatenated batch after batch (e.g. shape (N, out_features) for a Linear,
+        (N, C, H, W) for a Conv2d). The hooks are removed afterwards.
+        """
+        if "activations" not in self._cache:
+            owners = {}
+            for mname, m in self.model.named_modules():
+                for pname, p in m._parameters.items():
+                    for n, q in self.params.items():
+                        if p is q and n not in owners:
+                            owners[n] = m
+            missing = [n for n in self.params if n not in owners]
+            if missing:
+                fail("layers", "weights owned by a module of the model (to record its outputs)", missing)
+            recorded = {n: [] for n in self.params}
+            handles = []
+            for n, m in owners.items():
+                def record(module, inputs, output, n=n):
+                    recorded[n].append(np.array(output.data, copy=True))
+                handles.append(m.register_forward_hook(record))
+            try:
+                with no_grad(), _scoring(self.model, self.params):
+                    for x, _ in self.batches():
+                        self.model(x)
+            finally:
+                for h in handles:
+                    h.remove()
+            if any(not v for v in recorded.values()):
+                fail("data", "at least one sample that reaches every chosen layer", "an empty dataset")
+            self._cache["activations"] = OrderedDict((n, np.concatenate(v)) for n, v in recorded.items())
+        return self._cache["activations"]
 
     # ---- losses and gradients
     def batch_loss(self, x, y):
@@ -303,7 +299,7 @@ class ScoreContext:
         return self._cache["fisher"]
 
 
-def reduce_groups(scores, axes, how="sum"):
+def reduce_groups(scores, axes, *, how="sum"):
     """Combine element scores over ``axes`` (e.g. a neuron's row): sum (L1) or sqrt(sum s^2) (L2)."""
     check_option("how", how, ("sum", "l2"))
     scores = np.asarray(scores, dtype=np.float64)
@@ -382,6 +378,30 @@ def movement(ctx):
     """
     g_sum = ctx._gradient_stats()["sum"]
     return {n: -w * g_sum[n] for n, w in ctx.weights.items()}
+
+
+@register_score("activation", needs_data=True)
+def activation(ctx):
+    """mean |a_i| of output unit i over ``data``, given to every weight of unit i (Molchanov et al. 2017).
+
+    ``a`` is the layer's own output (before any nonlinearity that follows it), recorded
+    with a forward hook: for a Linear, unit i is output column i and weight row
+    ``W[i, :]``; for a Conv2d, unit i is output channel i (averaged over samples and
+    positions) and filter ``W[i]``. A unit whose output stays near zero passes little
+    on. Molchanov et al. 2017 use the mean activation as a neuron criterion; Hu et al.
+    2016 (APoZ) count the zeros after the ReLU instead. All weights of a unit tie, so
+    element-wise pruning with this score removes whole units, lowest index first.
+    """
+    acts = ctx.activations()
+    out = OrderedDict()
+    for n, w in ctx.weights.items():
+        a = np.abs(np.asarray(acts[n], dtype=np.float64))
+        if a.ndim < 2 or a.shape[1] != w.shape[0]:
+            fail("layers", f"layers whose output has one channel per row of the weight for score 'activation' "
+                 f"({n!r}: weight {w.shape}, output {a.shape})", n)
+        unit = a.mean(axis=tuple(i for i in range(a.ndim) if i != 1))
+        out[n] = np.broadcast_to(unit.reshape(-1, *([1] * (w.ndim - 1))), w.shape).copy()
+    return out
 
 
 @register_score("oracle", needs_data=True, options=("max_weights",))
@@ -527,7 +547,7 @@ class MovementTracker(Callback):
 
 
 # ------------------------------------------------------------------ public entry
-def compute_scores(model, score="magnitude", layers=None, data=None, loss="cross_entropy", seed=None,
+def compute_scores(model, score="magnitude", *, layers=None, data=None, loss="cross_entropy", seed=None,
                    **options):
     """Scores of the chosen weights as a dict ``"<layer>.weight" -> array`` (for plots and grading)."""
     from ._targets import select_weights
@@ -535,23 +555,40 @@ def compute_scores(model, score="magnitude", layers=None, data=None, loss="cross
     return _run_score(model, params, score, data, loss, seed, options)
 
 
+def check_score_options(score, options):
+    """Refuse keyword options the score does not declare (a typo must not pass silently); return its spec.
+
+    Every score takes ``batch_size`` (samples per batch of array data); a dict of
+    precomputed scores takes none; an unregistered callable may read anything.
+    """
+    if isinstance(score, dict):
+        if options:
+            key = sorted(options)[0]
+            fail(key, "a keyword a score function reads (precomputed scores take none)", options[key], TypeError)
+        return None
+    spec = get_score(score)
+    if spec.options is not None:
+        allowed = COMMON_OPTIONS + spec.options
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            fail(unknown[0], f"a keyword score {spec.name!r} knows (it accepts: {', '.join(allowed)})",
+                 options[unknown[0]], TypeError)
+    return spec
+
+
 def _run_score(model, params, score, data, loss, seed, options):
     """Evaluate ``score`` (name, callable or dict of arrays) and check what it returned."""
     if isinstance(score, dict):
         name, scores = "dict", score
     else:
-        spec = get_score(score)
+        spec = check_score_options(score, options)
         name = spec.name
-        resolve_loss(loss)
-        if spec.options is not None:  # (None: an unregistered callable, which may read anything)
-            allowed = COMMON_OPTIONS + spec.options
-            unknown = sorted(set(options) - set(allowed))
-            if unknown:
-                fail(unknown[0], f"a keyword score {name!r} knows (it accepts: {', '.join(allowed)})",
-                     options[unknown[0]], TypeError)
+        _glue.get_loss(loss, "loss")
         if spec.needs_data and data is None:
-            fail("data", f"an (x, y) pair or a DataLoader for score {name!r} (it needs gradients or losses "
+            fail("data", f"{_glue.FORMS} for score {name!r} (it needs gradients, losses or activations "
                  f"on data; data-free scores: {list(DATA_FREE_SCORES)})", None)
+        if data is not None:
+            data = _glue.batches(data, options.get("batch_size"), "data")  # a wrong form fails here
         ctx = ScoreContext(model, params, data, loss, seed, options, name)
         scores = spec.fn(ctx)
     if not isinstance(scores, dict):
@@ -600,7 +637,7 @@ def _ranks(v):
     return ranks
 
 
-def spearman(a, b, masks=None):
+def spearman(a, b, *, masks=None):
     """Spearman rank correlation of two scores (arrays, or dicts with the same keys).
 
     rho = Pearson correlation of the ranks (ties share their average rank); 1 means
@@ -621,8 +658,8 @@ def spearman(a, b, masks=None):
     return float((rx * ry).sum() / denom) if denom > 0 else 0.0
 
 
-def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", "random"), reference="oracle_abs",
-                 layers=None, loss="cross_entropy", seed=0, **options):
+def grade_scores(model, data, *, scores=("magnitude", "gradient", "taylor", "obd", "random"),
+                 reference="oracle_abs", layers=None, loss="cross_entropy", seed=0, **options):
     """Spearman correlation of each score with ``reference`` (default |ΔL|, the exact loss change).
 
     Returns ``{score name: rho}`` over the unpruned weights of the chosen layers.
@@ -648,11 +685,12 @@ def grade_scores(model, data, scores=("magnitude", "gradient", "taylor", "obd", 
         a = accepts(sc)
         return dict(options) if a is None else {k: v for k, v in options.items() if k in a}
 
+    data = _glue.batches(data, options.get("batch_size"), "data")  # a generator is read once, for every score
     ref = _run_score(model, params, reference, data, loss, seed, own(reference))
     masks = {n: p.mask for n, p in params.items() if p.mask is not None}
     out = OrderedDict()
     for sc in scores:
         got = _run_score(model, params, sc, data, loss, seed, own(sc))
         name = "dict" if isinstance(sc, dict) else get_score(sc).name
-        out[name] = spearman(got, ref, masks or None)
+        out[name] = spearman(got, ref, masks=masks or None)
     return out

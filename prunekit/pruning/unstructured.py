@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import nn
+from .. import _glue, nn
 from .._validate import check_int, check_option, fail
 from . import ranking
 from ._targets import check_model, prunable_layers, select_weights
@@ -100,11 +100,20 @@ def _report(params, before=None):
 
 # ------------------------------------------------------------------ masks on a model
 def set_mask(param, mask):
-    """Give ``param`` the mask ``mask`` (1 kept, 0 pruned) and zero the pruned weights in place.
+    """Prune ``param`` with ``mask`` (1 kept, 0 pruned), on top of any mask it has; zero the pruned weights.
 
-    The mask is stored with the weight's dtype; a pending ``param.grad`` is masked too.
-    (torch: ``prune.custom_from_mask``.)
+    Like torch's ``prune.custom_from_mask``, masks compose: the new mask is multiplied
+    into the old one, so a weight an earlier mask pruned stays pruned whatever
+    ``mask`` says there. The mask is stored with the weight's dtype; a pending
+    ``param.grad`` is masked too. To start over, :func:`remove` the masks first.
     """
+    mask = _checked_mask(param, mask)
+    if param.mask is not None:
+        mask = mask * param.mask
+    return _replace_mask(param, mask)
+
+
+def _checked_mask(param, mask):
     if not isinstance(param, nn.Parameter):
         fail("param", "a prunekit.nn.Parameter", type(param).__name__, TypeError)
     mask = np.asarray(mask)
@@ -112,7 +121,12 @@ def set_mask(param, mask):
         fail("mask", f"an array of shape {param.shape}", f"shape {mask.shape}")
     if not np.isin(mask, (0, 1)).all():
         fail("mask", "an array of 0s and 1s", "other values")
-    param.mask = mask.astype(param.dtype)
+    return mask
+
+
+def _replace_mask(param, mask):
+    """Give ``param`` exactly ``mask`` (prune() builds its masks from the old ones, so it replaces)."""
+    param.mask = np.asarray(mask).astype(param.dtype)
     param.data *= param.mask
     if param.grad is not None:
         param.grad = param.grad * param.mask
@@ -170,7 +184,7 @@ def _check_amount(amount, params, scope):
     return ranking.check_amount(amount)
 
 
-def prune(model, amount, score="magnitude", scope="layer", structure=None, data=None, layers=None,
+def prune(model, amount, *, score="magnitude", scope="layer", structure=None, data=None, layers=None,
           seed=None, loss="cross_entropy", **options):
     """Remove the lowest-scored weights of every Linear and Conv2d (or of ``layers``); return a report.
 
@@ -184,11 +198,13 @@ def prune(model, amount, score="magnitude", scope="layer", structure=None, data=
 
     ``score``: a registered name (see ``available_scores()``), a function
     ``fn(ctx) -> {name: array}``, or a dict of precomputed arrays. Scores that use
-    gradients or losses need ``data`` (an (x, y) pair or a DataLoader) and ``loss``
-    ("cross_entropy", "mse" or a callable). ``seed`` feeds the "random" score.
+    gradients, losses or activations need ``data`` (a DataLoader, an (x, y) pair, a
+    dataset or an iterable of batches) and ``loss`` ("cross_entropy", "mse" or a
+    callable). ``seed`` feeds the "random" score.
     ``structure``: None (element-wise); structured pruning comes in a later module.
-    Extra keyword ``options`` go to the score (e.g. ``max_weights`` for "oracle",
-    ``max_samples`` for "obd", ``batch_size`` for array data).
+    Extra keyword ``options`` go to the score and are checked against the options it
+    declares (``max_weights`` for "oracle", ``max_samples`` for "obd"; every score:
+    ``batch_size``, the samples per batch of array data).
     """
     check_model(model)
     if structure is not None:
@@ -216,11 +232,11 @@ def prune(model, amount, score="magnitude", scope="layer", structure=None, data=
     else:
         new = ranking.layer_masks(scores, amount, old)
     for n, p in params.items():
-        set_mask(p, new[n])
+        _replace_mask(p, new[n])
     return _report(params, before)
 
 
-def prune_to(model, sparsity, score="magnitude", scope="layer", data=None, layers=None, seed=None,
+def prune_to(model, sparsity, *, score="magnitude", scope="layer", data=None, layers=None, seed=None,
              loss="cross_entropy", **options):
     """Prune more weights until the chosen weights have ``sparsity``; never un-prunes.
 
@@ -228,7 +244,7 @@ def prune_to(model, sparsity, score="magnitude", scope="layer", data=None, layer
     removed is ``round(sparsity * n) - already_pruned`` per layer (scope="layer") or
     over all chosen weights (scope="global"), so schedules land exactly on their
     targets. ``sparsity`` may be a dict ``{"<layer>.weight": sparsity}`` (layer scope),
-    e.g. from :meth:`SensitivityResult.amounts_for`.
+    e.g. from :meth:`SensitivityResult.sparsities_for`.
     """
     check_model(model)
     check_option("scope", scope, SCOPES)
@@ -268,16 +284,17 @@ def _n_masked(p):
     return 0 if p.mask is None else int(p.size - np.count_nonzero(p.mask))
 
 
-def batch_prune(model, amount, n_batches=None, batch_size=None, score="magnitude", scope="layer",
+def batch_prune(model, amount, *, rounds=None, weights_per_round=None, score="magnitude", scope="layer",
                 data=None, layers=None, seed=None, loss="cross_entropy", **options):
-    """Prune ``amount`` in several batches of weights, re-scoring after each batch.
+    """Prune ``amount`` in several rounds, re-scoring the weights before each round.
 
-    After a batch is removed the network has changed, so data-driven scores
-    (gradient, Taylor, OBD, oracle) are computed afresh before the next batch: the
+    After a round's weights are removed the network has changed, so data-driven scores
+    (gradient, Taylor, OBD, oracle) are computed afresh before the next round: the
     classic mask-based recipe (prune a few, re-score, prune a few more). Give either
-    ``n_batches`` or ``batch_size`` (weights per batch). ``amount`` is a fraction of
-    the unpruned weights or an int count, counted once at the start. Returns the
-    final report. With a data-free score like magnitude the result equals one call
+    ``rounds`` or ``weights_per_round`` (how many weights each round removes, per layer
+    with scope="layer", over all chosen weights with scope="global"). ``amount`` is a
+    fraction of the unpruned weights or an int count, counted once at the start. Returns
+    the final report. With a data-free score like magnitude the result equals one call
     to :func:`prune` (the scores do not change in between).
     """
     check_model(model)
@@ -289,21 +306,23 @@ def batch_prune(model, amount, n_batches=None, batch_size=None, score="magnitude
         total = max(counts.values()) if counts else 0
     else:
         total = ranking.n_to_prune(amount, alive)
-    if (n_batches is None) == (batch_size is None):
-        fail("n_batches", "given, or batch_size given (exactly one of them)", n_batches)
-    if n_batches is not None:
-        check_int("n_batches", n_batches, 1)
+    if (rounds is None) == (weights_per_round is None):
+        fail("rounds", "given, or weights_per_round given (exactly one of them)", rounds)
+    if rounds is not None:
+        check_int("rounds", rounds, 1)
     else:
-        check_int("batch_size", batch_size, 1)
-        n_batches = max(1, -(-total // batch_size))
+        check_int("weights_per_round", weights_per_round, 1)
+        rounds = max(1, -(-total // weights_per_round))
+    if data is not None:  # read a generator once, for every round
+        data = _glue.batches(data, options.get("batch_size"), "data")
     before = {n: _n_pruned(p) for n, p in params.items()}
-    for i in range(1, n_batches + 1):
+    for i in range(1, rounds + 1):
         if scope == "global":
-            step = total * i // n_batches - total * (i - 1) // n_batches
+            step = total * i // rounds - total * (i - 1) // rounds
         else:
-            step = {n: c * i // n_batches - c * (i - 1) // n_batches for n, c in counts.items()}
+            step = {n: c * i // rounds - c * (i - 1) // rounds for n, c in counts.items()}
         prune(model, step, score=score, scope=scope, data=data, layers=list(params), seed=seed,
               loss=loss, **options)
         if seed is not None and not isinstance(seed, np.random.Generator):
-            seed = seed + 1  # a fresh random stream per batch for the "random" score
+            seed = seed + 1  # a fresh random stream per round for the "random" score
     return _report(params, before)
