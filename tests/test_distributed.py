@@ -332,3 +332,80 @@ def test_import_does_not_import_dask():
     code = "import sys, prunekit.distributed as d; d.Cluster(2); print('dask' in sys.modules, 'distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ------------------------------------------------------------------ stragglers and load balancing
+def test_backup_workers_never_wait_for_the_slowest():
+    x, y = _data()
+    cluster = dist.Cluster(8, speeds=dist.RandomSpeeds(0.2, 1.0, seed=4))
+    trainer = dist.DataParallelTrainer(_mf, _sgd, cluster, backup_workers=3)
+    tl = trainer.fit((x, y), epochs=2, batch_size=64).timeline
+    assert tl.used.sum(axis=1).tolist() == [5] * tl.n_steps
+    for s in range(tl.n_steps):
+        order = np.sort(tl.compute[s])
+        assert tl.wait[s] == order[4]                                 # the 5th fastest
+        assert np.all(tl.compute[s][~tl.used[s]] >= tl.wait[s])       # dropped = the slowest 3
+    np.testing.assert_allclose(np.diff(tl.start), tl.wait[:-1] + tl.comm[:-1])
+    full = dist.DataParallelTrainer(_mf, _sgd, cluster).fit((x, y), epochs=2, batch_size=64).timeline
+    assert tl.wall_time_s < full.wall_time_s
+    assert dist.DataParallelTrainer(_mf, _sgd, cluster, node_ratio=0.75).backup_workers == 2
+
+
+def test_backup_step_equals_a_step_on_the_received_samples():
+    x, y = _data(n=64)
+    speeds = [1.0, 0.1, 1.0, 0.5]                                     # worker 1 is dropped
+    trainer = dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(4, speeds=speeds), backup_workers=1)
+    trainer.fit((x, y), epochs=1, batch_size=64)
+    keep = np.r_[0:16, 32:64]
+    single = _mf()
+    pk.fit(single, pk.data.DataLoader(x[keep], y[keep], 48), _sgd(single.parameters()), epochs=1, progress=False)
+    for a, b in zip(single.state_dict().values(), trainer.model.state_dict().values()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25)
+@given(n=st.integers(0, 500), speeds=st.lists(st.floats(0.01, 10), min_size=1, max_size=12))
+def test_proportional_shards_cover_every_sample_once(n, speeds):
+    sizes = dist.proportional_shards(n, speeds)
+    assert sizes.sum() == n and (sizes >= 0).all()
+    exact = n * np.array(speeds) / np.sum(speeds)
+    assert np.all(np.abs(sizes - exact) < 1)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    covered = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))])
+    np.testing.assert_array_equal(covered, np.arange(n))
+
+
+def test_proportional_shards_balance_a_fixed_slow_node():
+    x, y = _data()
+    cluster = dist.Cluster(4, speeds=[1.0, 1.0, 1.0, 0.25])
+    equal = dist.DataParallelTrainer(_mf, _sgd, cluster).fit((x, y), epochs=1, batch_size=128).timeline
+    prop = dist.DataParallelTrainer(_mf, _sgd, cluster, shards="proportional").fit(
+        (x, y), epochs=1, batch_size=128).timeline
+    assert prop.wall_time_s < 0.6 * equal.wall_time_s
+    assert prop.idle_fraction < equal.idle_fraction
+    np.testing.assert_allclose(prop.compute[1:], 128 * 1e-4 / 3.25, rtol=0.05)   # balanced from step 1 on
+
+
+def test_slow_node_appears_mid_run():
+    x, y = _data()
+    cluster = dist.Cluster(4, speeds=dist.SlowNode(worker=2, factor=0.1, start_step=3))
+    tl = dist.DataParallelTrainer(_mf, _sgd, cluster, backup_workers=1).fit((x, y), epochs=1, batch_size=64).timeline
+    assert np.all(tl.compute[3:, 2] == 10 * tl.compute[3:, 0])
+    assert not tl.used[3:, 2].any()
+    with pytest.raises(ValueError, match="'speeds'"):
+        dist.Cluster(2, speeds=dist.SlowNode(worker=5))
+
+
+def test_timeline_and_run_report_plot():
+    import matplotlib
+    matplotlib.use("Agg")
+    x, y = _data()
+    run = dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(4, speeds=dist.RandomSpeeds(seed=0)),
+                                   backup_workers=1).fit((x, y), epochs=2, batch_size=128, val_data=(x, y))
+    ax = run.timeline.plot()
+    assert "ms" in ax.get_xlabel() and ax.get_ylabel() == "worker"
+    assert len(ax.patches) == 8 * (4 + 4)                      # 8 steps x (4 compute + 4 comm bars)
+    ax2 = run.plot()
+    assert ax2.get_ylabel() == "val_accuracy" and "s" in ax2.get_xlabel()
+    assert "traffic" in repr(run) and "<table>" in run._repr_html_()
+    assert run.history["wall_time_s"][-1] == pytest.approx(run.wall_time_s)
