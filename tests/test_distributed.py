@@ -35,7 +35,8 @@ def test_every_collective_equals_the_plain_sum(n, d, seed):
 def test_ring_sums_each_chunk_in_ring_order():
     # With integers the order does not matter; with float32 1e8 + 1 - 1e8 it does: the ring's
     # chunk 0 starts at worker 1 (1e8), then worker 2 (-1e8), then worker 0 (+1) -> exactly 1.
-    a = np.array([[1.0], [1e8], [-1e8]], dtype=np.float32)
+    a = np.zeros((3, 3), dtype=np.float32)
+    a[:, 0] = [1.0, 1e8, -1e8]                      # three chunks of one value; chunk 0 holds these
     assert dist.ring_allreduce(a, dist.Network()).result[0] == 1.0
     assert dist.parameter_server(a, dist.Network()).result[0] == 0.0   # (1 + 1e8) - 1e8 in float32
 
@@ -264,10 +265,12 @@ def _sgd(ps):
     return pk.optim.SGD(ps, lr=0.1, momentum=0.9)
 
 
-@pytest.mark.parametrize("collective", ["ring", "tree", "parameter_server"])
-def test_data_parallel_equals_single_process_large_batch(collective):
+@pytest.mark.parametrize("collective,fuse", [("ring", False), ("tree", False), ("parameter_server", False),
+                                             ("ring", True)])
+def test_data_parallel_equals_single_process_large_batch(collective, fuse):
     x, y = _data()
-    trainer = dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(8), collective=collective)
+    trainer = dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(8), collective=collective, fuse_shards=fuse)
+    assert trainer.fused == fuse
     run = trainer.fit((x, y), epochs=2, batch_size=100)          # 100 = shards of 13 and 12
     single = _mf()
     hist = pk.fit(single, pk.data.DataLoader(x, y, 100), _sgd(single.parameters()), epochs=2, progress=False)
@@ -359,8 +362,27 @@ def test_backup_step_equals_a_step_on_the_received_samples():
     keep = np.r_[0:16, 32:64]
     single = _mf()
     pk.fit(single, pk.data.DataLoader(x[keep], y[keep], 48), _sgd(single.parameters()), epochs=1, progress=False)
-    for a, b in zip(single.state_dict().values(), trainer.model.state_dict().values()):
+    by_shard = dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(4, speeds=speeds), backup_workers=1,
+                                        fuse_shards=False)
+    by_shard.fit((x, y), epochs=1, batch_size=64)
+    for a, b, c in zip(single.state_dict().values(), trainer.model.state_dict().values(),
+                       by_shard.model.state_dict().values()):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_shards_only_where_the_sum_is_all_that_matters():
+    assert not dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(2), compressor="topk").fused
+    drop = lambda: pk.nn.Sequential(pk.nn.Linear(20, 4), pk.nn.Dropout(0.5))  # noqa: E731
+    assert not dist.DataParallelTrainer(drop, _sgd, dist.Cluster(2)).fused
+    with pytest.raises(ValueError, match="'fuse_shards'"):
+        dist.DataParallelTrainer(drop, _sgd, dist.Cluster(2), fuse_shards=True)
+    # the cost model charges the same bytes and time whether or not the shards are fused
+    x, y = _data()
+    runs = [dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(4), fuse_shards=f).fit((x, y), batch_size=64)
+            for f in (True, False)]
+    assert np.array_equal(runs[0].bytes_sent, runs[1].bytes_sent)
+    assert runs[0].wall_time_s == pytest.approx(runs[1].wall_time_s)
 
 
 @settings(max_examples=25)

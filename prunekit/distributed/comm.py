@@ -33,7 +33,7 @@ from .._validate import check_int, check_number, fail
 
 __all__ = ["Network", "Cluster", "RandomSpeeds", "SlowNode", "CollectiveResult", "plain_sum",
            "ring_allreduce", "tree_allreduce", "parameter_server", "allgather", "COLLECTIVES",
-           "allreduce_time"]
+           "allreduce_time", "allreduce_bytes"]
 
 
 class Network:
@@ -177,6 +177,21 @@ def allreduce_time(kind, n_workers, nbytes, network):
     fail("kind", "one of 'ring', 'tree', 'parameter_server'", kind)
 
 
+def allreduce_bytes(kind, n_workers, nbytes):
+    """Bytes each worker sends in an all-reduce of ``nbytes`` per worker (see the module table)."""
+    n = n_workers
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    if kind == "ring":
+        return np.full(n, 2 * (n - 1) * -(-int(nbytes) // n), dtype=np.int64)
+    if kind == "tree":
+        children = np.array([(2 * i + 1 < n) + (2 * i + 2 < n) for i in range(n)])
+        return int(nbytes) * ((np.arange(n) > 0) + children)   # one message up, one down to each child
+    if kind == "parameter_server":
+        return np.full(n, int(nbytes), dtype=np.int64)
+    fail("kind", "one of 'ring', 'tree', 'parameter_server'", kind)
+
+
 def ring_allreduce(arrays, network, *, nbytes=None):
     """Ring all-reduce: a reduce-scatter then an all-gather, each N-1 steps around the ring.
 
@@ -189,17 +204,18 @@ def ring_allreduce(arrays, network, *, nbytes=None):
     size = _payload(nbytes, a)
     if n == 1:
         return CollectiveResult(a[0].copy(), 0.0, [0], "ring_allreduce")
-    chunk = -(-d // n)
-    padded = np.zeros((n, n * chunk), dtype=a.dtype)
-    padded[:, :d] = a
-    blocks = padded.reshape(n, n, chunk)            # blocks[worker, chunk]
+    q = d // n                                      # chunk c = values [c q, (c + 1) q); the last
+    blocks = a[:, :n * q].reshape(n, n, q)          # chunk also takes the d % n values left over
     owner = np.arange(n)
-    acc = blocks[(owner + 1) % n, owner].copy()     # chunk c starts at worker c+1
+    acc = blocks[(owner + 1) % n, owner]            # chunk c starts at worker c + 1
     for s in range(2, n + 1):                       # ... and travels round the ring
-        acc += blocks[(owner + s) % n, owner]
-    result = acc.reshape(-1)[:d]                    # all-gather: every worker receives every chunk
-    per_worker = 2 * (n - 1) * -(-size // n)
-    return CollectiveResult(result, allreduce_time("ring", n, size, network), [per_worker] * n, "ring_allreduce")
+        np.add(acc, blocks[(owner + s) % n, owner], out=acc)
+    tail = a[0, n * q:].copy()                      # (the last chunk starts at worker 0)
+    for i in range(1, n):
+        tail += a[i, n * q:]
+    result = np.concatenate([acc.reshape(-1), tail])  # all-gather: every worker receives every chunk
+    return CollectiveResult(result, allreduce_time("ring", n, size, network), allreduce_bytes("ring", n, size),
+                            "ring_allreduce")
 
 
 def tree_allreduce(arrays, network, *, nbytes=None):
@@ -218,9 +234,8 @@ def tree_allreduce(arrays, network, *, nbytes=None):
         left, right = kids[kids % 2 == 1], kids[kids % 2 == 0]
         partial[(left - 1) // 2] += partial[left]
         partial[(right - 1) // 2] += partial[right]
-    children = np.array([(2 * i + 1 < n) + (2 * i + 2 < n) for i in range(n)])
-    sent = size * ((np.arange(n) > 0) + children)   # one message up, one down to each child
-    return CollectiveResult(partial[0], allreduce_time("tree", n, size, network), sent, "tree_allreduce")
+    return CollectiveResult(partial[0], allreduce_time("tree", n, size, network), allreduce_bytes("tree", n, size),
+                            "tree_allreduce")
 
 
 def parameter_server(arrays, network, *, nbytes=None):
@@ -235,8 +250,8 @@ def parameter_server(arrays, network, *, nbytes=None):
     total = a[0].copy()
     for i in range(1, n):
         total += a[i]
-    return CollectiveResult(total, 2 * (network.latency_s + n * size / network.bandwidth_Bps),
-                            [size] * n, "parameter_server")
+    return CollectiveResult(total, allreduce_time("parameter_server", n, size, network),
+                            allreduce_bytes("parameter_server", n, size), "parameter_server")
 
 
 def allgather(message, network, *, decompressed=None):
