@@ -81,6 +81,18 @@ def test_topk_matches_reference_and_counts_bytes(ratio):
     assert not dist.TopK.allreduce_compatible
 
 
+def test_topk_sampled_selection_is_exact_on_large_vectors():
+    g = np.random.default_rng(2).standard_normal((3, 20000)).astype(np.float32)
+    g[2] = 1e-3
+    g[2, ::100] = 10.0                       # the sample sees only big values: the fallback path
+    for k in (50, 1000):
+        out = dist.TopK(k / 20000).compress(g).decompress()
+        for i in range(3):
+            kept = np.flatnonzero(out[i])
+            assert len(kept) == k
+            assert np.abs(g[i, kept]).min() >= np.sort(np.abs(g[i]))[-k]
+
+
 def test_randomk_shares_indices_and_is_allreducible():
     g = grads(4, 100)
     c = dist.RandomK(0.1, seed=3)
@@ -105,7 +117,7 @@ def test_threshold_counts_vary_per_worker():
 
 def test_qsgd_is_unbiased_and_on_the_grid():
     g = grads(2, 30)
-    c = dist.QSGD(levels=4, seed=0)
+    c = dist.QSGD(levels=4, bucket_size=None, seed=0)
     outs = np.stack([c.compress(g).decompress() for _ in range(2000)])
     norms = np.linalg.norm(g, axis=1)
     steps = outs / (norms[None, :, None] / 4)
@@ -114,6 +126,10 @@ def test_qsgd_is_unbiased_and_on_the_grid():
     np.testing.assert_allclose(outs.mean(0), g, atol=4 * norms.max() / 4 / np.sqrt(2000))
     assert list(c.compress(g).nbytes) == [math.ceil(30 * 4 / 8) + 4] * 2    # 1 sign + 3 level bits
     assert np.all(c.compress(np.zeros((1, 5), np.float32)).decompress() == 0)
+    b = dist.QSGD(levels=2, bucket_size=8, seed=0).compress(g)           # 4 buckets, each its own norm
+    assert b["norms"].shape == (2, 4) and list(b.nbytes) == [math.ceil(30 * 3 / 8) + 4 * 4] * 2
+    np.testing.assert_allclose(b["norms"][:, 0], np.linalg.norm(g[:, :8], axis=1), rtol=1e-6)
+    assert np.all(np.abs(b.decompress()[:, 24:]) <= np.linalg.norm(g[:, 24:], axis=1)[:, None] + 1e-6)
 
 
 def test_signsgd_and_fp16():

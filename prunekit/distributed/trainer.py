@@ -411,6 +411,11 @@ class DataParallelTrainer:
                     cb.on_batch_end(state)
                 if state.stop:
                     break
+            for name, p in self.model.named_parameters():
+                if not np.isfinite(p.data).all():
+                    raise FloatingPointError(
+                        f"DataParallelTrainer.fit(): parameter {name!r} holds non-finite values after epoch "
+                        f"{epoch}; try a smaller learning rate (lr={self.optimizer.lr}) or a milder compressor.")
             metrics = {"loss": total / max(seen, 1)}
             if self.classify:
                 metrics["accuracy"] = correct / max(seen, 1)
