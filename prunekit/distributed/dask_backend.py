@@ -97,7 +97,13 @@ class DaskBackend:
         futures = [self.client.submit(_shard_gradient, trainer.model_fn, weights, x, y, trainer.loss,
                                       trainer.classify, pure=False, retries=self.retries)
                    for x, y in shards]
-        done, pending = wait(futures, timeout=self.timeout_s * 4, return_when="ALL_COMPLETED")
+        try:
+            wait(futures, timeout=self.timeout_s * 4, return_when="ALL_COMPLETED")
+        except TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise TimeoutError(f"DaskBackend: the gradients of step {trainer.step} took longer than "
+                               f"{self.timeout_s * 4:g} s (4 x timeout_s); are the Dask workers alive?") from None
         results = self.client.gather(futures)
         stats = np.zeros((len(shards), 2))
         for j, (grad, loss_sum, correct) in enumerate(results):

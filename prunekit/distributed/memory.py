@@ -11,6 +11,11 @@ gradient, so every value is eventually sent::
 Hence ``sent + residual == gradient + old residual``: nothing is lost, only delayed.
 For sparsifiers (top-k, random-k, threshold) this holds bit for bit, since each
 value is either sent whole or kept whole; for quantisers it holds to float rounding.
+
+The residual stays bounded only if the compressor is a *contraction*,
+||C(x) - x||^2 <= (1 - delta) ||x||^2 (Karimireddy et al. 2019, Assumption A):
+top-k, random-k and scaled sign are; QSGD with few levels is not (unbiased, but its
+error can exceed the gradient), and with error feedback it diverges -- use it without.
 """
 from __future__ import annotations
 

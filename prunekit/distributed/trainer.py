@@ -332,8 +332,12 @@ class DataParallelTrainer:
             self.memory.update(corrected, ex.sent, workers)
         return ex.total, ex.message_bytes, ex.bytes_sent, ex.time_s
 
-    def train_step(self, x, y, speeds=None):
-        """One synchronous step on the global batch ``(x, y)``; returns (loss sum, correct, used samples, record)."""
+    def _train_step(self, x, y, speeds=None):
+        """One synchronous step on the global batch ``(x, y)``.
+
+        Returns the loss summed over the received samples, their correct predictions, their
+        number, and the step's row of the timeline.
+        """
         n = self.cluster.n_workers
         speeds = np.ones(n) if speeds is None else np.asarray(speeds, dtype=np.float64)
         sizes, compute, workers = self._plan(len(x), speeds)
@@ -398,7 +402,7 @@ class DataParallelTrainer:
             for xb, yb in loader:
                 if self.step >= len(table):
                     table = self.cluster.speed_table(self.step + steps)
-                loss_sum, corr, used, record = self.train_step(np.asarray(xb), np.asarray(yb), table[self.step])
+                loss_sum, corr, used, record = self._train_step(np.asarray(xb), np.asarray(yb), table[self.step])
                 if not np.isfinite(loss_sum):
                     raise FloatingPointError(
                         f"DataParallelTrainer.fit(): the loss became {loss_sum} at epoch {epoch}, step "
