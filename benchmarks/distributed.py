@@ -62,8 +62,9 @@ def configurations(steps_per_epoch, quick):
     # feedback makes it diverge here; it is used as the paper does, without.
     rows.append(("QSGD 4 levels, buckets of 512", dist.QSGD(4), False, momentum_sgd))
     for r in ((0.001,) if quick else (0.001, 0.0003)):
-        rows.append((f"DGC {r:g} (warm-up 1 epoch)", dist.DGC(r, momentum=0.9, warmup_steps=steps_per_epoch),
-                     False, plain_sgd))
+        for label, warm in (("warm-up 1 epoch", steps_per_epoch), ("warm-up 1/4 epoch", steps_per_epoch // 4),
+                            ("no warm-up", 0)):
+            rows.append((f"DGC {r:g} ({label})", dist.DGC(r, momentum=0.9, warmup_steps=warm), False, plain_sgd))
     for rank in ((2,) if quick else (1, 2, 4)):
         rows.append((f"PowerSGD rank {rank}", dist.PowerSGD(rank), False, momentum_sgd))
     return rows
