@@ -51,12 +51,29 @@ class _KillAt(pk.train.Callback):
 @pytest.fixture(scope="module")
 def backend():
     t0 = time.perf_counter()
-    b = dist.DaskBackend(n_workers=2, timeout_s=60)
+    # The workers must not inherit this process's BLAS threads: start them from a parent with 2.
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update({k: "2" for k in saved})
+    try:
+        b = dist.DaskBackend(n_workers=2, timeout_s=60)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         assert b.n_workers == 2 and time.perf_counter() - t0 < 120
         yield b
     finally:
         b.close()
+
+
+def test_workers_run_one_blas_and_numba_thread_each(backend):
+    from prunekit.distributed.dask_backend import WORKER_ENV
+    env = backend.client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
+    assert len(env) == 2
+    assert all(e == WORKER_ENV for e in env.values())
 
 
 def _weights(trainer):
