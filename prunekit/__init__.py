@@ -26,7 +26,7 @@ from .train import evaluate, fit
 __version__ = "0.1.0"
 
 # Subpackages imported on first access (each must exist: `from prunekit import *` imports them all).
-_LAZY = ("data", "pruning", "quant", "sparse", "viz", "widgets")
+_LAZY = ("data", "distributed", "pruning", "quant", "sparse", "viz", "widgets")
 
 __all__ = ["Tensor", "no_grad", "gradcheck", "fit", "evaluate", "get_backend", "set_backend", "backend",
            "tensor", "functional", "nn", "optim", "models", "train", *_LAZY, "__version__"]
