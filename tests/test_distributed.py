@@ -163,7 +163,7 @@ def test_registry():
     np.testing.assert_allclose(ex.total, grads(3, 8).sum(0) / 2, rtol=1e-6)
     with pytest.raises(ValueError, match="new compressor name"):
         dist.register_compressor("halve_test", Halve)
-    with pytest.raises(ValueError, match="'compressor'"):
+    with pytest.raises(ValueError, match="compressor must be"):
         dist.get_compressor("nope")
 
 
@@ -323,27 +323,27 @@ def test_topk_without_error_feedback_is_worse():
 
 # ------------------------------------------------------------------ bad input
 def test_bad_input_errors():
-    with pytest.raises(ValueError, match="'n_workers'"):
+    with pytest.raises(ValueError, match="n_workers must be"):
         dist.Cluster(0)
-    with pytest.raises(ValueError, match="'ratio'.*\\(0, 1\\]"):
+    with pytest.raises(ValueError, match="ratio must be.*\\(0, 1\\]"):
         dist.TopK(1.5)
-    with pytest.raises(ValueError, match="'ratio'"):
+    with pytest.raises(ValueError, match="ratio must be"):
         dist.DGC(ratio=0)
-    with pytest.raises(ValueError, match="'rank'"):
+    with pytest.raises(ValueError, match="rank must be"):
         dist.PowerSGD(rank=0)
-    with pytest.raises(ValueError, match="'backup_workers'"):
+    with pytest.raises(ValueError, match="backup_workers must be"):
         dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(3), backup_workers=3)
-    with pytest.raises(ValueError, match="'node_ratio'"):
+    with pytest.raises(ValueError, match="node_ratio must be"):
         dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(3), node_ratio=0)
-    with pytest.raises(ValueError, match="'error_feedback'"):
+    with pytest.raises(ValueError, match="error_feedback must be"):
         dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(3), compressor="dgc", error_feedback=True)
-    with pytest.raises(ValueError, match="'speeds'"):
+    with pytest.raises(ValueError, match="speeds must be"):
         dist.Cluster(3, speeds=[1, 2])
-    with pytest.raises(ValueError, match="'speeds'"):
+    with pytest.raises(ValueError, match="speeds must be"):
         dist.Cluster(2, speeds=[1, 0])
-    with pytest.raises(ValueError, match="'collective'"):
+    with pytest.raises(ValueError, match="collective must be"):
         dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(3), collective="star")
-    with pytest.raises(TypeError, match="'cluster'"):
+    with pytest.raises(TypeError, match="cluster must be"):
         dist.DataParallelTrainer(_mf, _sgd, 4)
 
 
@@ -391,7 +391,7 @@ def test_fused_shards_only_where_the_sum_is_all_that_matters():
     assert not dist.DataParallelTrainer(_mf, _sgd, dist.Cluster(2), compressor="topk").fused
     drop = lambda: pk.nn.Sequential(pk.nn.Linear(20, 4), pk.nn.Dropout(0.5))  # noqa: E731
     assert not dist.DataParallelTrainer(drop, _sgd, dist.Cluster(2)).fused
-    with pytest.raises(ValueError, match="'fuse_shards'"):
+    with pytest.raises(ValueError, match="fuse_shards must be"):
         dist.DataParallelTrainer(drop, _sgd, dist.Cluster(2), fuse_shards=True)
     # the cost model charges the same bytes and time whether or not the shards are fused
     x, y = _data()
@@ -430,7 +430,7 @@ def test_slow_node_appears_mid_run():
     tl = dist.DataParallelTrainer(_mf, _sgd, cluster, backup_workers=1).fit((x, y), epochs=1, batch_size=64).timeline
     assert np.all(tl.compute[3:, 2] == 10 * tl.compute[3:, 0])
     assert not tl.used[3:, 2].any()
-    with pytest.raises(ValueError, match="'speeds'"):
+    with pytest.raises(ValueError, match="speeds must be"):
         dist.Cluster(2, speeds=dist.SlowNode(worker=5))
 
 

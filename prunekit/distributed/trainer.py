@@ -424,7 +424,7 @@ class DataParallelTrainer:
             if self.classify:
                 metrics["accuracy"] = correct / max(seen, 1)
             if val_data is not None:
-                for k, v in evaluate(self.model, val_data, self.loss).items():
+                for k, v in evaluate(self.model, val_data, loss=self.loss).items():
                     metrics["val_" + k] = v
             metrics["wall_time_s"] = self.clock
             history.append(epoch + 1, metrics)
