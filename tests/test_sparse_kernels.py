@@ -8,12 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prunekit import _jit
 from prunekit.sparse import BSR, CSR, NM, Int8Weight, kernels
 from prunekit.sparse.modules import FusedChain
 
 # Our row kernels are compiled with parallel=True on purpose (see prunekit/sparse/kernels.py);
 # pytest resets the warning filters that module installs, so repeat it here.
-pytestmark = pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation")
+# Every test here holds a numba kernel itself against its reference: run them on the numba backend.
+pytestmark = [pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation"),
+              pytest.mark.numba]
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 70))
 densities = st.sampled_from([0.0, 0.05, 0.3, 1.0])
@@ -119,14 +122,14 @@ def test_nm_kernels_match_reference(nm, rows, groups, dtype, batch, contiguous, 
 def test_parallel_and_single_thread_paths_agree(fmt, batch, monkeypatch):
     """Large products run on all threads, small ones on one: both must give the reference's answer."""
     rng = np.random.default_rng(1)
-    w = nm_matrix(rng, 256, 128, 2, 4, np.float32) if fmt == "nm" else sparse_matrix(rng, (256, 512), 0.5, np.float32)
+    w = nm_matrix(rng, 256, 256, 2, 4, np.float32) if fmt == "nm" else sparse_matrix(rng, (256, 1024), 0.5, np.float32)
     make = {"csr": CSR.from_dense, "bsr": lambda a: BSR.from_dense(a, 16), "nm": lambda a: NM.from_dense(a, 2, 4)}[fmt]
     f = make(w)
-    x = make_x(rng, batch, 512, np.float32, True)
+    x = make_x(rng, batch, 1024, np.float32, True)
     ref = x @ w.T.astype(np.float64)
-    assert f.nnz >= kernels.PARALLEL_MIN_WORK  # the default takes the parallel path
+    assert f.nnz >= _jit.PARALLEL_MIN_WORK  # the default takes the parallel path
     y_par = kernels.linear(f, x)
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 10**12)
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", 10**12)  # for_work() now picks every kernel's serial twin
     y_one = kernels.linear(f, x)
     np.testing.assert_allclose(y_par, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y_one, ref, rtol=1e-4, atol=1e-4)
@@ -271,14 +274,14 @@ def test_int8_kernel_choice_reaches_its_kernel(kernel):
     q = Int8Weight.from_dense(rng.standard_normal((20, 30)).astype(np.float32))
     kernels.int8_linear(q, rng.standard_normal(30).astype(np.float32), kernel=kernel)
     kernels.int8_linear(q, rng.standard_normal((3, 30)).astype(np.float32), kernel=kernel)
-    work = q.__dict__.get("_work", {})
+    ws = q.workspace
     if kernel == "portable":
-        assert set(work) == {("portable", 1), ("portable", 3)}
+        assert set(ws.keys()) == {("portable", 1), ("portable", 3)}
     else:
         want = np.uint8 if kernel == "vnni" else np.int8
-        assert set(work) == {("gemv", kernel), (kernel, 4)}
-        assert work[("gemv", kernel)][2].dtype == want and work[(kernel, 4)][0].dtype == want
-    assert "_gemv" not in q.__dict__  # an explicit kernel never installs the default short path
+        assert set(ws.keys()) == {("gemv", kernel), (kernel, 4)}
+        assert ws.get(("gemv", kernel), None).xu.dtype == want and ws.get((kernel, 4), None)[0].dtype == want
+    assert ws.gemv is None  # an explicit kernel never installs the default short path
 
 
 @pytest.mark.parametrize("kernel", int8_modes)
@@ -305,7 +308,7 @@ def test_int8_default_short_path_is_correct_and_keeps_no_state():
         assert kernels.int8_linear(q, x, bias=bias, out=out, kernel=kernel) is out
         np.testing.assert_array_equal(out, y)
         if step == 0 and int8_modes[0] != "portable":
-            assert q._gemv[0] == (130,)  # the short path is installed by the first default call
+            assert q.workspace.gemv.in_shape == (130,)  # the short path is installed by the first default call
         if step % 5 == 0:
             kernels.int8_linear(q, rng.standard_normal((3, 130)).astype(np.float32))
 

@@ -20,6 +20,7 @@ import copy
 
 import numpy as np
 
+from .. import _backend
 from .. import functional as F
 from .. import nn
 from .._validate import check_int, check_number, check_option, fail
@@ -186,32 +187,37 @@ class FusedChain:
         vals = np.empty(n_csr + extra, dtype=dtype)
         cols = np.empty(n_csr, dtype=col_dtype)
         n_layers = len(layers)
-        head = 1 + kernels.CHAIN_FIELDS * n_layers
+        head = kernels.chain_record(n_layers)  # the indptrs start after the last record
         n_ptr = sum(w.shape[0] + 1 for w in csr_layers)
         meta = np.zeros(head + n_ptr, dtype=np.int64)
         meta[0] = n_layers
         pos_csr, pos_extra, pos_ptr = 0, n_csr, head
+        K = kernels  # the CHAIN_* field offsets, shared with the kernels that read these records
         for li, (w, b, relu) in enumerate(layers):
-            d = 1 + kernels.CHAIN_FIELDS * li
+            d = K.chain_record(li)
             n_out, n_in = w.shape
+            meta[d + K.CHAIN_N_IN] = n_in
+            meta[d + K.CHAIN_N_OUT] = n_out
             if isinstance(w, CSR):
                 vals[pos_csr:pos_csr + w.nnz] = w.data
                 cols[pos_csr:pos_csr + w.nnz] = w.indices
                 meta[pos_ptr:pos_ptr + n_out + 1] = w.indptr.astype(np.int64) + pos_csr
-                meta[d:d + 4] = (kernels.CHAIN_CSR, n_in, n_out, pos_ptr)
+                meta[d + K.CHAIN_KIND] = K.CHAIN_CSR
+                meta[d + K.CHAIN_WHERE] = pos_ptr
                 pos_csr += w.nnz
                 pos_ptr += n_out + 1
             else:
                 vals[pos_extra:pos_extra + w.size] = np.asarray(w).ravel()
-                meta[d:d + 4] = (kernels.CHAIN_DENSE, n_in, n_out, pos_extra)
+                meta[d + K.CHAIN_KIND] = K.CHAIN_DENSE
+                meta[d + K.CHAIN_WHERE] = pos_extra
                 pos_extra += w.size
             if b is None:
-                meta[d + 4] = -1
+                meta[d + K.CHAIN_BIAS] = -1
             else:
                 vals[pos_extra:pos_extra + n_out] = b
-                meta[d + 4] = pos_extra
+                meta[d + K.CHAIN_BIAS] = pos_extra
                 pos_extra += n_out
-            meta[d + 5] = 1 if relu else 0
+            meta[d + K.CHAIN_RELU] = 1 if relu else 0
         self.vals, self.cols, self.meta = vals, cols, meta
         self.in_features = layers[0][0].shape[1]
         self.out_features = layers[-1][0].shape[0]
@@ -219,8 +225,18 @@ class FusedChain:
         self.work = np.zeros(2 * widest, dtype=dtype)
         self.dtype = dtype
         self.nnz = n_csr + sum(w.size for w, _, _ in layers if isinstance(w, np.ndarray))
-        simd = kernels._simd_module(dtype)
-        self._kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
+        self._fast_kernel = None  # chosen on first use under the numba backend (see _kernel)
+
+    @property
+    def _kernel(self):
+        """The chain kernel: the SIMD one for float32 on x86-64, else the scalar one. Under the numpy
+        backend the scalar one, whose NumPy reference then runs (importing the SIMD module imports numba)."""
+        if not _backend.use_numba():
+            return kernels.fused_chain_kernel
+        if self._fast_kernel is None:
+            simd = kernels._simd_module(self.dtype)
+            self._fast_kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
+        return self._fast_kernel
 
     def run(self, a, out=None):
         """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch).
@@ -302,7 +318,7 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
 
     def __call__(self, x):
         chain = self._whole
-        if chain is not None and type(x) is Tensor and not self.training:
+        if chain is not None and type(x) is Tensor and not self.training and _backend._current == "numba":
             a = x.data
             if (type(a) is np.ndarray and a.ndim == 2 and a.shape[0] <= self.fuse_max_batch
                     and a.shape[1] == chain.in_features and a.dtype == chain.dtype and a.flags.c_contiguous
