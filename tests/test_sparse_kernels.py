@@ -127,12 +127,44 @@ def test_parallel_and_single_thread_paths_agree(fmt, batch, monkeypatch):
     f = make(w)
     x = make_x(rng, batch, 1024, np.float32, True)
     ref = x @ w.T.astype(np.float64)
-    assert f.nnz >= _jit.PARALLEL_MIN_WORK  # the default takes the parallel path
+    assert f.nnz >= _jit.PARALLEL_MIN_WORK  # the default takes the parallel path...
+    monkeypatch.setattr(kernels, "_free_cores", lambda: True)  # ...when a core is free (not so on a busy CI box)
     y_par = kernels.linear(f, x)
     monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", 10**12)  # for_work() now picks every kernel's serial twin
     y_one = kernels.linear(f, x)
     np.testing.assert_allclose(y_par, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y_one, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_kernels_give_way_when_no_core_is_free(monkeypatch):
+    """_for_work: the parallel kernel above the threshold while a core is free, else its single-thread twin."""
+    k = kernels.csr_spmv_kernel
+    monkeypatch.setattr(kernels, "_free_cores", lambda: True)
+    assert kernels._for_work(k, _jit.PARALLEL_MIN_WORK) is k
+    assert kernels._for_work(k, _jit.PARALLEL_MIN_WORK - 1) is k.serial
+    monkeypatch.setattr(kernels, "_free_cores", lambda: False)
+    assert kernels._for_work(k, 10**9) is k.serial
+    assert kernels._for_work(kernels.fused_chain_kernel, 10**9) is kernels.fused_chain_kernel  # not parallel: as is
+
+
+def test_free_cores_reads_the_running_task_count(tmp_path, monkeypatch):
+    import builtins
+
+    watch = kernels._FreeCores(interval=0.0)
+    watch.cores = 2
+    real_open = builtins.open
+    for line, free in (("0.5 0.4 0.3 1/300 42", True), ("2.0 1.9 1.5 2/300 42", False), ("9 9 9 11/159 1", False)):
+        monkeypatch.setattr(builtins, "open", lambda p, *a, _l=line, **k: __import__("io").StringIO(_l)
+                            if p == "/proc/loadavg" else real_open(p, *a, **k))
+        assert watch() is free, line
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    assert watch() is True  # no information: keep the parallel kernels
+    watch.cores = 1
+    assert watch() is False  # one core: never parallel
+    cached = kernels._FreeCores(interval=3600.0)
+    first = cached()
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    assert cached() is first  # within the interval the answer is reused, /proc not read again
 
 
 def test_csr_with_int32_indices_and_scalar_kernel_agree_with_simd():
