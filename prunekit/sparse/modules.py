@@ -4,7 +4,7 @@ Training stays dense + mask; once a model is pruned, :func:`to_sparse` returns a
 *new* model (the original is left as it was) whose Linear and Conv2d layers run
 on the numba kernels, with the same outputs up to float32 round-off::
 
-    fast = to_sparse(model, format="auto", batch_size=1)
+    fast = to_sparse(model)              # format="auto", inference_batch=1
     with no_grad():
         y = fast(x)
 
@@ -275,6 +275,8 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
     joined by ``ReLU`` (``Identity``/``Dropout`` are skipped) become a
     :class:`FusedChain`, used when the batch has at most ``fuse_max_batch``
     rows; larger batches go layer by layer through the parallel kernels.
+    ``fuse_max_batch=0`` fuses nothing (``to_sparse(..., fuse=False)``): every
+    child runs on its own, with the same inputs accepted (Tensor or ndarray).
     """
 
     def __init__(self, *modules, fuse_max_batch=8):
@@ -288,7 +290,7 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
         mods = list(self._modules.values())
         segments = {}
         i = 0
-        while i < len(mods):
+        while i < len(mods) and self.fuse_max_batch > 0:
             j, layers, n_sparse = i, [], 0
             while j < len(mods):
                 spec = _linear_spec(mods[j])
@@ -360,8 +362,13 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
 # ----------------------------------------------------------------------------- to_sparse
 
 
-def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_model, name):
-    """Format for one weight matrix (2-D view), or None to keep it dense."""
+def _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, name, fused=False, conv_in=0):
+    """Format for one weight matrix (2-D view), or None to keep it dense.
+
+    ``rows``: rows of the product (batch, times output pixels for a convolution);
+    ``fused``: the layer would run inside a fused Linear/ReLU chain; ``conv_in``: the
+    im2col width of a convolution (0 for a Linear). See :meth:`CostModel.choose_layer`.
+    """
     size = w.size
     nnz = int(np.count_nonzero(w))
     sparsity = 1 - nnz / size if size else 0.0
@@ -381,7 +388,7 @@ def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_mo
         return "bsr"
     if format == "csr":
         return "csr"
-    # auto: ask the cost model which format is fastest at this batch size
+    # auto: ask the cost model whether a sparse format clearly beats dense for this layer
     stored = {"dense": size, "csr": nnz}
     r, c = (block_size, block_size) if np.isscalar(block_size) else block_size
     if w.shape[0] % r == 0 and w.shape[1] % c == 0:
@@ -389,8 +396,11 @@ def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_mo
         stored["bsr"] = int(np.any(tiles != 0, axis=(1, 3)).sum()) * r * c
     if w.shape[1] % m == 0 and not np.any((w.reshape(w.shape[0], -1, m) != 0).sum(axis=2) > n):
         stored["nm"] = size * n // m
-    best = cost_model.choose(stored, batch_size)
+    best = cost_model.choose_layer(stored, rows, fused=fused, conv_elements=rows * conv_in)
     return None if best == "dense" else best
+
+
+PIXELS_PER_IMAGE = 64  # output pixels per image assumed for a convolution (to_sparse does not see the input size)
 
 
 def _replace(parent, name, module):
@@ -399,53 +409,73 @@ def _replace(parent, name, module):
     object.__setattr__(parent, name, module)
 
 
-def to_sparse(model, format="csr", min_sparsity=0.5, block_size=16, n=2, m=4, batch_size=1,
+def to_sparse(model, format="auto", *, min_sparsity=0.5, block_size=16, n=2, m=4, inference_batch=1,
               cost_model=None, fuse=True, fuse_max_batch=8):
-    """A new inference model whose Linear/Conv2d layers run on the sparse (or int8) kernels.
+    """A new inference model whose Linear/Conv2d layers (and their subclasses) run on the sparse (or int8) kernels.
 
-    ``format``: "csr", "bsr" (``block_size`` must divide every converted layer),
-    "nm" (every layer must have the ``n:m`` pattern), "int8" (per-row int8
-    weights; outputs change by the quantization error), or "auto": per layer,
-    the format the cost model predicts fastest at ``batch_size`` rows (Conv2d:
-    rows = batch x output pixels); a layer that would be slower sparse stays dense.
-    Layers with sparsity below ``min_sparsity`` stay dense (except for "nm"/"int8").
+    ``format``: "auto" (the default): per layer, the format the cost model
+    (:mod:`prunekit.sparse.costmodel`) predicts fastest at ``inference_batch`` rows
+    (Conv2d: rows = batch x 64 output pixels), counting what a sparse module costs
+    around its kernel; a layer stays dense unless sparse is predicted clearly
+    (1.2x) faster, so the default never makes a model slower. Measured on the
+    2-core machine (busy, so indicative): LeNet-5 pruned to 90%, batch 1, went from
+    0.74x dense with "csr" (the old default: its sparse convolutions cost more
+    than they save) to >= 1x with "auto", which keeps the convolutions dense and
+    fuses the three Linear layers into one call; ``benchmarks/kernels.py`` has
+    the row, also with one core held by another process.
+    "csr", "bsr" (``block_size`` must divide every converted layer), "nm" (every
+    layer must have the ``n:m`` pattern), "int8" (per-row int8 weights; outputs
+    change by the quantization error) force one format. Layers with sparsity
+    below ``min_sparsity`` stay dense (except for "nm"/"int8").
+    ``inference_batch``: the batch you expect to run the model at (the cost model's rows).
     ``fuse``: Sequential runs of Linear/ReLU become one numba call for batches
-    of at most ``fuse_max_batch`` rows. The original model is not modified.
+    of at most ``fuse_max_batch`` rows. With ``fuse=False`` the Sequentials are still
+    converted to :class:`SparseSequential` (fusing nothing), so both accept the same
+    inputs: a Tensor or an ndarray, batch 1 or B, 1-D where the layers allow it.
+    The original model is not modified.
     """
     if not isinstance(model, nn.Module):
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
     check_option("format", format, FORMATS + ("auto",))
     check_number("min_sparsity", min_sparsity, 0, 1)
-    check_int("batch_size", batch_size, low=1)
+    check_int("inference_batch", inference_batch, low=1)
     check_int("n", n, low=1)
     check_int("m", m, low=1)
+    check_int("fuse_max_batch", fuse_max_batch, low=0)
+    if not isinstance(fuse, bool):
+        fail("fuse", "True or False", fuse, TypeError)
     if cost_model is None:
         cost_model = DEFAULT
     elif not isinstance(cost_model, CostModel):
         fail("cost_model", "None or a CostModel", type(cost_model).__name__, TypeError)
+    max_batch = fuse_max_batch if fuse else 0
     new = copy.deepcopy(model)
     new.eval()
 
     def convert(mod, prefix):
+        # a Linear directly in a Sequential runs inside a fused chain when the expected batch is small enough
+        fused = type(mod) is nn.Sequential and inference_batch <= max_batch
         for name, child in list(mod.named_children()):
             full = f"{prefix}.{name}" if prefix else name
-            if type(child) is nn.Linear:
+            if isinstance(child, nn.Linear):
                 w = child.weight.data
-                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_model, full)
+                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, inference_batch, cost_model, full,
+                                    fused=fused)
                 if fmt is not None:
                     _replace(mod, name, SparseLinear.from_linear(child, fmt, block_size, n, m))
-            elif type(child) is nn.Conv2d:
+            elif isinstance(child, nn.Conv2d):
                 w = child.weight.data.reshape(child.out_channels, -1)
-                rows = batch_size * 64  # a typical number of output pixels per image
-                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, full)
+                rows = inference_batch * PIXELS_PER_IMAGE
+                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, full,
+                                    conv_in=w.shape[1])
                 if fmt is not None:
                     _replace(mod, name, SparseConv2d.from_conv(child, fmt, block_size, n, m))
             else:
                 convert(child, full)
-                if fuse and type(child) is nn.Sequential:
-                    _replace(mod, name, SparseSequential(*child._modules.values(), fuse_max_batch=fuse_max_batch))
+                if type(child) is nn.Sequential:
+                    _replace(mod, name, SparseSequential(*child._modules.values(), fuse_max_batch=max_batch))
 
     convert(new, "")
-    if fuse and type(new) is nn.Sequential:
-        new = SparseSequential(*new._modules.values(), fuse_max_batch=fuse_max_batch)
+    if type(new) is nn.Sequential:
+        new = SparseSequential(*new._modules.values(), fuse_max_batch=max_batch)
     return new
