@@ -2,8 +2,8 @@
 
     from prunekit import sparse
     w = sparse.CSR.from_dense(pruned_weight)      # or BSR / NM / Int8Weight
-    y = w.linear(x)                               # x @ W.T on the numba kernels
-    fast = sparse.to_sparse(model, format="auto") # a new model for inference
+    y = w.linear(x)                               # x @ W.T on the numba kernels (or NumPy: pk.backend("numpy"))
+    fast = sparse.to_sparse(model)                # a new model for inference (format="auto")
 
 Training stays dense + mask (see ``prunekit.nn.Parameter.mask``); these are for
 running a pruned model fast. Kernels compile on first use (``warmup()`` does it
@@ -24,7 +24,9 @@ def warmup(dtypes=("float32",)) -> int:
 
     Each product runs twice, below and above ``prunekit._jit.PARALLEL_MIN_WORK``
     multiply-adds, so both the single-thread and the parallel variant of every
-    kernel get compiled, and the fused Linear/ReLU chain too. Compiled code is
+    kernel get compiled (the parallel ones only while a core is free: on a busy
+    machine the kernels run single-threaded, see ``kernels._for_work``), and the
+    fused Linear/ReLU chain too. Compiled code is
     cached on disk (``cache=True``), so later processes load it instead of
     compiling. Returns the number of calls made; under the ``"numpy"`` backend
     there is nothing to compile: it does nothing and returns 0.

@@ -33,8 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit
-from .kernels import (CHAIN_BIAS, CHAIN_CSR, CHAIN_FIELDS, CHAIN_KIND, CHAIN_N_IN, CHAIN_N_OUT, CHAIN_RELU,
-                      CHAIN_WHERE, fused_chain_reference, nm_columns)
+from .kernels import CHAIN_CSR, chain_layer, fused_chain_reference, nm_columns
 
 __all__ = ["csr_spmv", "nm_spmv", "fused_chain", "LANES"]
 
@@ -337,13 +336,7 @@ def fused_chain(x, vals, cols, meta, work, out):
     for b in range(x.shape[0]):
         src = x[b]
         for layer in range(n_layers):
-            d = 1 + CHAIN_FIELDS * layer  # kernels.chain_record(layer)
-            kind = meta[d + CHAIN_KIND]
-            n_in = meta[d + CHAIN_N_IN]
-            n_out = meta[d + CHAIN_N_OUT]
-            where = meta[d + CHAIN_WHERE]
-            bias0 = meta[d + CHAIN_BIAS]
-            relu = meta[d + CHAIN_RELU]
+            kind, n_in, n_out, where, bias0, relu = chain_layer(meta, layer)
             if layer == n_layers - 1:
                 dst = out[b]
             else:

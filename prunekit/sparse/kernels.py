@@ -55,16 +55,15 @@ Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
 """
 from __future__ import annotations
 
+import os
 import platform
+import time
 import warnings
 
 import numpy as np
 
-import os
-import time
-
-from .. import _backend
-from .._jit import PARALLEL_MIN_WORK, njit
+from .. import _backend, _jit
+from .._jit import njit
 from .._validate import check_array, check_int, fail
 from .formats import BSR, CSR, NM, Int8Weight, SparseFormat
 
@@ -88,7 +87,6 @@ __all__ = [
 
 ROWS_PER_TASK = 16  # output rows handed to one thread at a time in the batched kernels
 CHUNK = 64  # output rows per task in the batch-1 kernels
-# PARALLEL_MIN_WORK (imported from prunekit._jit): multiply-adds below which a product runs on one thread
 
 
 # =========================================================================== serial or parallel
@@ -131,7 +129,7 @@ _free_cores = _FreeCores()
 
 
 def _for_work(kernel, work):
-    """``kernel.for_work(work)``: the parallel kernel for ``work >= PARALLEL_MIN_WORK`` multiply-adds, its
+    """``kernel.for_work(work)``: the parallel kernel for ``work >= _jit.PARALLEL_MIN_WORK`` multiply-adds, its
     single-thread twin below; and the twin too while no core is free (see the module docstring)."""
     chosen = kernel.for_work(work)
     if chosen is kernel and kernel.options.get("parallel") and not _free_cores():
@@ -941,13 +939,23 @@ def chain_record(layer):
     return 1 + CHAIN_FIELDS * layer
 
 
+def _chain_layer(meta, layer):
+    """``(kind, n_in, n_out, where, bias offset, relu)`` of ``layer``, read at the CHAIN_* offsets of its record."""
+    d = 1 + CHAIN_FIELDS * layer  # chain_record(layer)
+    return (meta[d + CHAIN_KIND], meta[d + CHAIN_N_IN], meta[d + CHAIN_N_OUT], meta[d + CHAIN_WHERE],
+            meta[d + CHAIN_BIAS], meta[d + CHAIN_RELU])
+
+
+# the same function for the kernels (inlined) and, under the numpy backend, as plain Python
+chain_layer = njit(inline="always", reference=_chain_layer)(_chain_layer)
+
+
 def fused_chain_reference(x, vals, cols, meta, work, out):
     """NumPy reference of :func:`fused_chain_kernel` (same arguments): unpack each layer, then ``x @ W.T + b``, ReLU."""
     a = x
     for layer in range(int(meta[0])):
-        d = chain_record(layer)
-        n_in, n_out, where = int(meta[d + CHAIN_N_IN]), int(meta[d + CHAIN_N_OUT]), int(meta[d + CHAIN_WHERE])
-        if meta[d + CHAIN_KIND] == CHAIN_CSR:
+        kind, n_in, n_out, where, bias0, relu = (int(v) for v in _chain_layer(meta, layer))
+        if kind == CHAIN_CSR:
             indptr = meta[where:where + n_out + 1]  # offsets into vals/cols
             k0, k1 = int(indptr[0]), int(indptr[-1])
             w = np.zeros((n_out, n_in), dtype=vals.dtype)
@@ -955,10 +963,9 @@ def fused_chain_reference(x, vals, cols, meta, work, out):
         else:
             w = vals[where:where + n_out * n_in].reshape(n_out, n_in)
         a = a @ w.T
-        bias0 = int(meta[d + CHAIN_BIAS])
         if bias0 >= 0:
             a = a + vals[bias0:bias0 + n_out]
-        if meta[d + CHAIN_RELU]:
+        if relu:
             a = np.maximum(a, vals.dtype.type(0))
     out[...] = a
 
@@ -985,13 +992,7 @@ def fused_chain_kernel(x, vals, cols, meta, work, out):
     for b in range(x.shape[0]):
         src = x[b]
         for layer in range(n_layers):
-            d = 1 + CHAIN_FIELDS * layer  # chain_record(layer)
-            kind = meta[d + CHAIN_KIND]
-            n_in = meta[d + CHAIN_N_IN]
-            n_out = meta[d + CHAIN_N_OUT]
-            where = meta[d + CHAIN_WHERE]
-            bias0 = meta[d + CHAIN_BIAS]
-            relu = meta[d + CHAIN_RELU]
+            kind, n_in, n_out, where, bias0, relu = chain_layer(meta, layer)
             if layer == n_layers - 1:
                 dst = out[b]
             else:
@@ -1118,7 +1119,7 @@ def _transposed_padded(x, w):
 def _transpose_into(x, xt):
     """xt[:, :B] = x.T: NumPy's copy below PARALLEL_MIN_WORK elements (no thread start-up), the parallel tiles above."""
     n_b, n = x.shape
-    if n_b * n < PARALLEL_MIN_WORK:
+    if n_b * n < _jit.PARALLEL_MIN_WORK:
         xt[:, :n_b] = x.T
     else:
         _for_work(transpose_kernel, n_b * n)(x, xt)
