@@ -208,7 +208,20 @@ def test_quantize_rows_kernel_matches_reference_exactly(shape, batch, seed):
     assert np.all(qu[:, shape[1]:] == 128)
 
 
-int8_modes = kernels.int8_kernels()  # every int8 kernel this CPU runs, e.g. ("avx2", "portable")
+def _int8_modes():
+    """Every int8 kernel this CPU runs, e.g. ("avx2", "portable"), asked on the numba backend (where these tests
+    run) even when PRUNEKIT_BACKEND=numpy, under which int8_kernels() answers ("portable",)."""
+    import importlib.util
+
+    import prunekit
+
+    if importlib.util.find_spec("numba") is None:
+        return ("portable",)
+    with prunekit.backend("numba"):
+        return kernels.int8_kernels()
+
+
+int8_modes = _int8_modes()
 
 
 @pytest.mark.parametrize("kernel", int8_modes)
@@ -281,8 +294,8 @@ def test_int8_simd_kernels_can_be_switched_off(env, drops):
     code = ("from prunekit.sparse import kernels, Int8Weight; import numpy as np; print(kernels.int8_kernels()); "
             "q = Int8Weight.from_dense(np.eye(5, dtype=np.float32)); "
             "print(kernels.int8_linear(q, np.arange(5, dtype=np.float32)).tolist())")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1"}, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1", "PRUNEKIT_BACKEND": "numba"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
     assert eval(out[0]) == tuple(k for k in int8_modes if k not in drops)
     assert eval(out[1]) == pytest.approx([0, 1, 2, 3, 4], abs=0.02)
 

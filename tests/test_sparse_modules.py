@@ -76,6 +76,7 @@ def test_to_sparse_keeps_structure_and_fuses(lenet95):
     np.testing.assert_allclose(fast(x).data, unfused(x).data, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numba  # the shortcut calls the compiled kernel; under the numpy backend it is not taken
 def test_whole_chain_shortcut_matches_the_general_path_and_keeps_its_checks(lenet95):
     """A model that is one fused chain takes a shortcut from __call__ to the kernel for small float32 batches;
     everything else (and every bad input) goes the general way, with the same results and errors."""
