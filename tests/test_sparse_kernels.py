@@ -147,24 +147,37 @@ def test_parallel_kernels_give_way_when_no_core_is_free(monkeypatch):
     assert kernels._for_work(kernels.fused_chain_kernel, 10**9) is kernels.fused_chain_kernel  # not parallel: as is
 
 
-def test_free_cores_reads_the_running_task_count(tmp_path, monkeypatch):
-    import builtins
-
+def test_free_cores_counts_other_processes_running_tasks(monkeypatch):
     watch = kernels._FreeCores(interval=0.0)
     watch.cores = 2
-    real_open = builtins.open
-    for line, free in (("0.5 0.4 0.3 1/300 42", True), ("2.0 1.9 1.5 2/300 42", False), ("9 9 9 11/159 1", False)):
-        monkeypatch.setattr(builtins, "open", lambda p, *a, _l=line, **k: __import__("io").StringIO(_l)
-                            if p == "/proc/loadavg" else real_open(p, *a, **k))
-        assert watch() is free, line
-    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
-    assert watch() is True  # no information: keep the parallel kernels
+    for others, free in ((0, True), (1, False), (7, False), (None, True)):  # None: /proc says nothing
+        monkeypatch.setattr(watch, "_running_elsewhere", lambda o=others: o)
+        assert watch() is free, others
+    watch.cores = 4
+    for others, free in ((2, True), (3, False)):  # one core for the caller, at least one for a worker
+        monkeypatch.setattr(watch, "_running_elsewhere", lambda o=others: o)
+        assert watch() is free, others
     watch.cores = 1
     assert watch() is False  # one core: never parallel
     cached = kernels._FreeCores(interval=3600.0)
     first = cached()
-    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
-    assert cached() is first  # within the interval the answer is reused, /proc not read again
+    monkeypatch.setattr(cached, "_read", lambda: (_ for _ in ()).throw(AssertionError("read again")))
+    assert cached() is first  # within the interval the answer is reused
+
+
+def test_running_elsewhere_leaves_out_our_own_threads(tmp_path):
+    """Machine-wide running tasks minus our own running threads, read from a /proc laid out by hand."""
+    (tmp_path / "loadavg").write_text("3.10 2.00 1.50 5/312 4242\n")
+    for tid, state in ((100, "R"), (101, "R"), (102, "S")):  # the caller and a spinning worker run; one sleeps
+        (tmp_path / "self" / "task" / str(tid)).mkdir(parents=True)
+        (tmp_path / "self" / "task" / str(tid) / "stat").write_text(f"{tid} (python (x)) {state} 1 2 3 4\n")
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path)) == 3
+    (tmp_path / "loadavg").write_text("garbage")
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path)) is None
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path / "missing")) is None
+    if os.path.exists("/proc/self/task"):
+        real = kernels._FreeCores._running_elsewhere()
+        assert isinstance(real, int) and real >= 0
 
 
 def test_csr_with_int32_indices_and_scalar_kernel_agree_with_simd():

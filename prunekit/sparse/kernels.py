@@ -41,7 +41,7 @@ Why these kernels look the way they do
   against 0.13 ms. Fewer threads per call (``numba.set_num_threads``) would need
   the same "is a core free?" test and is per-thread state, so the rule is simply:
   parallel only while a core is free (:class:`_FreeCores`, which reads the
-  kernel's count of running tasks at most every 50 ms).
+  kernel's count of running tasks, ours taken off, at most every 50 ms).
 * Hot paths do not allocate scratch: pass ``out=`` to reuse an output buffer;
   scratch buffers live in the weight's :class:`~prunekit.sparse.formats.Workspace`.
 * Backends (:mod:`prunekit._backend`): under ``"numpy"`` every public op here
@@ -93,12 +93,15 @@ CHUNK = 64  # output rows per task in the batch-1 kernels
 
 
 class _FreeCores:
-    """Is a core free for our worker threads right now? (Linux: ``/proc/loadavg``; elsewhere: assume so.)
+    """Is a core free for our worker threads right now? (Linux: ``/proc``; elsewhere: assume so.)
 
     The fourth field of ``/proc/loadavg`` counts the tasks running or ready to run at
-    this instant, the calling thread included; a core is free when that count is
-    below the number of cores this process may use. Read at most every ``interval``
-    seconds (about 3 us per read), so the answer follows the machine within 50 ms.
+    this instant, machine-wide; our own running threads (``/proc/self/task``: the
+    caller, and workers still spinning after the previous kernel) are taken off, so
+    what is left is other processes. A core is free for our workers when those leave
+    at least two of the cores this process may use (one for the caller, one more).
+    Read at most every ``interval`` seconds (a few tens of microseconds per read), so
+    the answer follows the machine within 50 ms.
     """
 
     def __init__(self, interval=0.05):
@@ -117,12 +120,26 @@ class _FreeCores:
     def _read(self) -> bool:
         if self.cores < 2:
             return False
+        others = self._running_elsewhere()
+        return True if others is None else others <= self.cores - 2
+
+    @staticmethod
+    def _running_elsewhere(proc="/proc"):
+        """Tasks of other processes running or runnable right now, or None where ``/proc`` does not say."""
         try:
-            with open("/proc/loadavg") as f:
+            with open(f"{proc}/loadavg") as f:
                 running = int(f.read().split()[3].split("/")[0])
+            tids = os.listdir(f"{proc}/self/task")
         except (OSError, ValueError, IndexError):
-            return True  # no information (not Linux): keep the parallel kernels
-        return running < self.cores
+            return None
+        own = 0
+        for tid in tids:
+            try:
+                with open(f"{proc}/self/task/{tid}/stat") as f:
+                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):  # a thread that just ended
+                pass
+        return max(running - own, 0)
 
 
 _free_cores = _FreeCores()
