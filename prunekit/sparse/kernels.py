@@ -33,15 +33,18 @@ Why these kernels look the way they do
   prunekit), which is the parallel kernel or its single-thread twin, through
   :func:`_for_work`, which also takes the twin when no core is free (below).
 * A parallel kernel needs every thread it starts: when another process holds a
-  core, the thread placed there waits for the scheduler (milliseconds) and the
-  whole product waits for it. Measured on the 2-core machine with
-  ``taskset -c 1 python -c "while 1: pass"`` running (and, worse, with five
-  other processes running): CSR 1024 x 1024 at 90%, batch 1, took 3.0-3.5 ms on
-  two threads against 34-43 us on one; 4096 x 4096, batch 16 at 1024: 2.8-4.0 ms
-  against 0.13 ms. Fewer threads per call (``numba.set_num_threads``) would need
-  the same "is a core free?" test and is per-thread state, so the rule is simply:
-  parallel only while a core is free (:class:`_FreeCores`, which reads the
-  kernel's count of running tasks, ours taken off, at most every 50 ms).
+  core, the thread placed there waits for the scheduler (up to milliseconds) and
+  the whole product waits for it. Measured on the 2-core machine (shared, load
+  5-11), parallel vs serial twin, medians of 5 interleaved runs of 60 calls, with
+  ``taskset -c 1 python -c "while 1: pass"`` running: CSR 1024 x 1024 at 90%,
+  batch 1, 1.2-1.9 ms on two threads against 37-54 us on one; batch 16,
+  1.7-2.5 ms against 0.12 ms; 4096 x 4096, batch 1, 0.3-4.6 ms against 0.6-0.7 ms.
+  Fewer threads per call (``numba.set_num_threads``) would need the same "is a
+  core free?" test and is per-thread state, so the rule is simply: parallel only
+  while a core is free (:class:`_FreeCores`, which reads the kernel's count of
+  running tasks, ours taken off, at most every 50 ms). The price, when other
+  processes leave no core free but would not have stalled us: 1024 x 1024 at
+  batch 1 ran in 37 us instead of 21 us.
 * Hot paths do not allocate scratch: pass ``out=`` to reuse an output buffer;
   scratch buffers live in the weight's :class:`~prunekit.sparse.formats.Workspace`.
 * Backends (:mod:`prunekit._backend`): under ``"numpy"`` every public op here

@@ -418,11 +418,12 @@ def to_sparse(model, format="auto", *, min_sparsity=0.5, block_size=16, n=2, m=4
     (Conv2d: rows = batch x 64 output pixels), counting what a sparse module costs
     around its kernel; a layer stays dense unless sparse is predicted clearly
     (1.2x) faster, so the default never makes a model slower. Measured on the
-    2-core machine (busy, so indicative): LeNet-5 pruned to 90%, batch 1, went from
-    0.74x dense with "csr" (the old default: its sparse convolutions cost more
-    than they save) to >= 1x with "auto", which keeps the convolutions dense and
-    fuses the three Linear layers into one call; ``benchmarks/kernels.py`` has
-    the row, also with one core held by another process.
+    shared 2-core machine (busy, so indicative; medians of interleaved runs): LeNet-5
+    pruned to 90%, batch 1, ran at 0.67-0.82x the dense model's speed with "csr"
+    (the old default: its sparse convolutions cost more than they save) and at
+    1.04-1.20x with "auto", which keeps the convolutions dense and fuses the three
+    Linear layers into one call, with and without one core held by a busy loop
+    (``python benchmarks/kernels.py --lenet5``).
     "csr", "bsr" (``block_size`` must divide every converted layer), "nm" (every
     layer must have the ``n:m`` pattern), "int8" (per-row int8 weights; outputs
     change by the quantization error) force one format. Layers with sparsity
