@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py            # full run (a few minutes), writes benchmarks/BENCHMARKS_kernels.md
     python benchmarks/kernels.py --quick    # fewer repetitions, nothing written unless --out is given
+    python benchmarks/kernels.py --lenet5   # only the LeNet-5 rows: default to_sparse vs dense, quiet and busy core
 
 Every number is a *ratio*: time of dense NumPy (BLAS) / time of the candidate, so
 2.0 means twice as fast as dense. Candidates are timed interleaved (every round
@@ -19,9 +20,10 @@ import argparse
 import io
 import os
 import platform
+import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -427,6 +429,62 @@ def bench_lenet(rounds, sparsity=0.95, seed=0):
     return rows
 
 
+@contextmanager
+def busy_core():
+    """Another process holding one core: a busy loop pinned to the last core we may use (Linux; else nothing).
+
+    Yields the core's number, or None where there is no second core to take.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        yield None
+        return
+    code = f"import os\nos.sched_setaffinity(0, {{{cores[-1]}}})\nwhile True:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        yield cores[-1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def bench_lenet5_default(rounds, sparsity=0.9, seed=0):
+    """LeNet-5 pruned to ``sparsity``, the default ``to_sparse(model)`` vs the dense model at batch 1,
+    on the machine as it is and with one core held by a busy loop (the issue-9 acceptance row)."""
+    from prunekit import pruning
+
+    model = pk.models.lenet5(seed=seed)
+    pruning.prune(model, sparsity)  # magnitude, per layer
+    model.eval()
+    fast = to_sparse(model)
+    csr = to_sparse(model, format="csr")
+    x = Tensor(np.random.default_rng(seed).standard_normal((1, 1, 28, 28)).astype(np.float32))
+    rows = []
+    with no_grad():
+        np.testing.assert_allclose(fast(x).data, model(x).data, rtol=1e-4, atol=1e-5)
+        cands = {"dense": lambda: model(x), "to_sparse": lambda: fast(x), "csr": lambda: csr(x)}
+        for busy in (False, True):
+            ctx = busy_core() if busy else contextmanager(lambda: (yield None))()
+            with ctx as core:
+                if busy and core is None:
+                    continue
+                t = interleaved(cands, 3 * rounds, block=60, settle=0.02)
+            row = {"busy_core": core, "dense_us": t["dense"] * 1e6, "to_sparse_us": t["to_sparse"] * 1e6,
+                   "csr_us": t["csr"] * 1e6, "vs_dense": ratio(t["dense"], t["to_sparse"]),
+                   "csr_vs_dense": ratio(t["dense"], t["csr"])}
+            rows.append(row)
+            print(format_lenet5_row(row), flush=True)
+    return rows
+
+
+def format_lenet5_row(r):
+    where = "machine as it is" if r["busy_core"] is None else f"core {r['busy_core']} busy"
+    return (f"LeNet-5 90% pruned, default to_sparse vs dense, batch 1 ({where}): dense {r['dense_us']:.1f} us, "
+            f"to_sparse {r['to_sparse_us']:.1f} us -> {_r(r['vs_dense'])}; format='csr' {r['csr_us']:.1f} us -> "
+            f"{_r(r['csr_vs_dense'])}")
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -460,7 +518,7 @@ def format_lenet_row(r):
             f"dense, {_r(r['vs_numpy'])} vs NumPy; unfused {r['to_sparse_unfused_us']:.1f} us")
 
 
-def markdown(info, layers, int8, lenet, command, load, switch=None):
+def markdown(info, layers, int8, lenet, command, load, switch=None, lenet5=()):
     out = ["# Kernel benchmarks (prunekit.sparse)", "",
            f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
            "| machine | |", "|---|---|"]
@@ -502,6 +560,17 @@ def markdown(info, layers, int8, lenet, command, load, switch=None):
                    f"({r['numpy_p10_us']:.1f}) | {r['to_sparse_us']:.1f} ({r['to_sparse_p10_us']:.1f}) | "
                    f"{_r(r['vs_dense'])} | {_r(r['vs_numpy'])} | {r['to_sparse_unfused_us']:.1f} | {r['load']:.0%} |")
     out.append("")
+    if lenet5:
+        out += ["## LeNet-5 pruned to 90%, the default `to_sparse(model)` vs dense, batch 1", "",
+                "Format \"auto\" keeps a layer dense where its sparse kernel does not pay; \"busy\": a busy loop",
+                "held one core meanwhile (another process on a 2-core machine).", "",
+                "| machine | dense us | to_sparse us | to_sparse vs dense | format=\"csr\" us | csr vs dense |",
+                "|---|---|---|---|---|---|"]
+        for r in lenet5:
+            where = "as it was" if r["busy_core"] is None else f"core {r['busy_core']} busy"
+            out.append(f"| {where} | {r['dense_us']:.1f} | {r['to_sparse_us']:.1f} | {_r(r['vs_dense'])} | "
+                       f"{r['csr_us']:.1f} | {_r(r['csr_vs_dense'])} |")
+        out.append("")
     if switch is not None:
         out += [f"## Where the weights live: batch 1, CSR {switch['sparsity']:.0%} and int8 vs dense", "",
                 "Warm: the same product repeated, its arrays in cache (as in the tables above). Cold: right after",
@@ -522,6 +591,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="rounds at batch 1 (batch 64 uses a third)")
     p.add_argument("--out", default=None, help="markdown file to write (default benchmarks/BENCHMARKS_kernels.md)")
     p.add_argument("--append", action="store_true", help="append to --out instead of overwriting")
+    p.add_argument("--lenet5", action="store_true", help="only the LeNet-5 rows (default to_sparse vs dense, "
+                                                          "quiet and with a busy core); writes nothing")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the machine to be mostly idle (shared machines)")
     p.add_argument("--max-load", type=float, default=None, metavar="FRACTION",
@@ -540,6 +611,9 @@ def main(argv=None):
     info = machine_report()
     for k, v in info.items():
         print(f"{k:12s} {v}")
+    if args.lenet5:
+        bench_lenet5_default(rounds1)
+        return
     if scipy_sparse is None:
         print("scipy is not installed: the scipy.sparse column is skipped (pip install scipy).")
     t0, busy0 = time.perf_counter(), cpu_busy()
@@ -547,6 +621,7 @@ def main(argv=None):
     layers = bench_layers(rounds1, rounds64)
     int8 = bench_int8(rounds1, rounds64)
     lenet = bench_lenet(rounds1)
+    lenet5 = bench_lenet5_default(rounds1)
     switch = bench_cache()
     load = None
     busy1 = cpu_busy()
@@ -560,7 +635,7 @@ def main(argv=None):
         command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
         env_prefix = " ".join(f"{k}={v}" for k, v in os.environ.items()
                               if k.startswith(("OPENBLAS_", "OMP_", "GOMP_", "NUMBA_NUM")))
-        text = markdown(info, layers, int8, lenet, (env_prefix + " " + command).strip(), load, switch)
+        text = markdown(info, layers, int8, lenet, (env_prefix + " " + command).strip(), load, switch, lenet5)
         mode = "a" if args.append else "w"
         with open(out_path, mode) as f:
             f.write(("\n\n" if args.append else "") + text)

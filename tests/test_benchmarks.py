@@ -72,3 +72,36 @@ def test_every_benchmark_documents_its_command():
     for f in BENCH.glob("*.py"):
         assert f"benchmarks/{f.name}" in text, f"BENCHMARKS.md does not mention {f.name}"
     assert all((BENCH / link).exists() for link in ("BENCHMARKS_kernels.md", "BENCHMARKS_kernels_avx512.md"))
+
+
+def test_lenet5_default_row_and_its_markdown(kb):
+    """The issue-9 row: default to_sparse vs dense on LeNet-5 at batch 1, on the machine as it is and with a busy core."""
+    quiet = {"busy_core": None, "dense_us": 90.0, "to_sparse_us": 75.0, "csr_us": 120.0,
+             "vs_dense": (1.2, 1.25), "csr_vs_dense": (0.75, 0.8)}
+    busy = {**quiet, "busy_core": 1, "vs_dense": (1.1, 1.15)}
+    line = kb.format_lenet5_row(quiet)
+    assert "default to_sparse vs dense, batch 1 (machine as it is)" in line and "1.20x (1.25x)" in line
+    assert "(core 1 busy)" in kb.format_lenet5_row(busy) and "1.10x (1.15x)" in kb.format_lenet5_row(busy)
+    md = kb.markdown({"cores": 2}, [], [], [], "python benchmarks/kernels.py", None, None, [quiet, busy])
+    assert "## LeNet-5 pruned to 90%, the default `to_sparse(model)` vs dense, batch 1" in md
+    assert "| as it was | 90.0 | 75.0 | 1.20x (1.25x) | 120.0 | 0.75x (0.80x) |" in md
+    assert "| core 1 busy |" in md
+    assert "LeNet-5" not in kb.markdown({"cores": 2}, [], [], [], "cmd", None)  # no rows, no section
+
+
+def test_busy_core_holds_a_core_and_lets_it_go(kb):
+    import os
+    import time
+
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two cores")
+
+    def cpu_of_children():
+        return sum(os.times()[2:4])  # user + system time of waited-for children
+
+    t0 = cpu_of_children()
+    with kb.busy_core() as core:
+        assert core == max(os.sched_getaffinity(0))
+        time.sleep(0.3)
+    spent = cpu_of_children() - t0
+    assert spent > 0.1  # the child really spun (0.6 s of wall time, at least a share of one core)

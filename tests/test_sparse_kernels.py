@@ -8,12 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prunekit import _jit
 from prunekit.sparse import BSR, CSR, NM, Int8Weight, kernels
 from prunekit.sparse.modules import FusedChain
 
 # Our row kernels are compiled with parallel=True on purpose (see prunekit/sparse/kernels.py);
 # pytest resets the warning filters that module installs, so repeat it here.
-pytestmark = pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation")
+# Every test here holds a numba kernel itself against its reference: run them on the numba backend.
+pytestmark = [pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation"),
+              pytest.mark.numba]
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 70))
 densities = st.sampled_from([0.0, 0.05, 0.3, 1.0])
@@ -119,17 +122,62 @@ def test_nm_kernels_match_reference(nm, rows, groups, dtype, batch, contiguous, 
 def test_parallel_and_single_thread_paths_agree(fmt, batch, monkeypatch):
     """Large products run on all threads, small ones on one: both must give the reference's answer."""
     rng = np.random.default_rng(1)
-    w = nm_matrix(rng, 256, 128, 2, 4, np.float32) if fmt == "nm" else sparse_matrix(rng, (256, 512), 0.5, np.float32)
+    w = nm_matrix(rng, 256, 256, 2, 4, np.float32) if fmt == "nm" else sparse_matrix(rng, (256, 1024), 0.5, np.float32)
     make = {"csr": CSR.from_dense, "bsr": lambda a: BSR.from_dense(a, 16), "nm": lambda a: NM.from_dense(a, 2, 4)}[fmt]
     f = make(w)
-    x = make_x(rng, batch, 512, np.float32, True)
+    x = make_x(rng, batch, 1024, np.float32, True)
     ref = x @ w.T.astype(np.float64)
-    assert f.nnz >= kernels.PARALLEL_MIN_WORK  # the default takes the parallel path
+    assert f.nnz >= _jit.PARALLEL_MIN_WORK  # the default takes the parallel path...
+    monkeypatch.setattr(kernels, "_free_cores", lambda: True)  # ...when a core is free (not so on a busy CI box)
     y_par = kernels.linear(f, x)
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 10**12)
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", 10**12)  # for_work() now picks every kernel's serial twin
     y_one = kernels.linear(f, x)
     np.testing.assert_allclose(y_par, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y_one, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_kernels_give_way_when_no_core_is_free(monkeypatch):
+    """_for_work: the parallel kernel above the threshold while a core is free, else its single-thread twin."""
+    k = kernels.csr_spmv_kernel
+    monkeypatch.setattr(kernels, "_free_cores", lambda: True)
+    assert kernels._for_work(k, _jit.PARALLEL_MIN_WORK) is k
+    assert kernels._for_work(k, _jit.PARALLEL_MIN_WORK - 1) is k.serial
+    monkeypatch.setattr(kernels, "_free_cores", lambda: False)
+    assert kernels._for_work(k, 10**9) is k.serial
+    assert kernels._for_work(kernels.fused_chain_kernel, 10**9) is kernels.fused_chain_kernel  # not parallel: as is
+
+
+def test_free_cores_counts_other_processes_running_tasks(monkeypatch):
+    watch = kernels._FreeCores(interval=0.0)
+    watch.cores = 2
+    for others, free in ((0, True), (1, False), (7, False), (None, True)):  # None: /proc says nothing
+        monkeypatch.setattr(watch, "_running_elsewhere", lambda o=others: o)
+        assert watch() is free, others
+    watch.cores = 4
+    for others, free in ((2, True), (3, False)):  # one core for the caller, at least one for a worker
+        monkeypatch.setattr(watch, "_running_elsewhere", lambda o=others: o)
+        assert watch() is free, others
+    watch.cores = 1
+    assert watch() is False  # one core: never parallel
+    cached = kernels._FreeCores(interval=3600.0)
+    first = cached()
+    monkeypatch.setattr(cached, "_read", lambda: (_ for _ in ()).throw(AssertionError("read again")))
+    assert cached() is first  # within the interval the answer is reused
+
+
+def test_running_elsewhere_leaves_out_our_own_threads(tmp_path):
+    """Machine-wide running tasks minus our own running threads, read from a /proc laid out by hand."""
+    (tmp_path / "loadavg").write_text("3.10 2.00 1.50 5/312 4242\n")
+    for tid, state in ((100, "R"), (101, "R"), (102, "S")):  # the caller and a spinning worker run; one sleeps
+        (tmp_path / "self" / "task" / str(tid)).mkdir(parents=True)
+        (tmp_path / "self" / "task" / str(tid) / "stat").write_text(f"{tid} (python (x)) {state} 1 2 3 4\n")
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path)) == 3
+    (tmp_path / "loadavg").write_text("garbage")
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path)) is None
+    assert kernels._FreeCores._running_elsewhere(str(tmp_path / "missing")) is None
+    if os.path.exists("/proc/self/task"):
+        real = kernels._FreeCores._running_elsewhere()
+        assert isinstance(real, int) and real >= 0
 
 
 def test_csr_with_int32_indices_and_scalar_kernel_agree_with_simd():
@@ -173,7 +221,20 @@ def test_quantize_rows_kernel_matches_reference_exactly(shape, batch, seed):
     assert np.all(qu[:, shape[1]:] == 128)
 
 
-int8_modes = kernels.int8_kernels()  # every int8 kernel this CPU runs, e.g. ("avx2", "portable")
+def _int8_modes():
+    """Every int8 kernel this CPU runs, e.g. ("avx2", "portable"), asked on the numba backend (where these tests
+    run) even when PRUNEKIT_BACKEND=numpy, under which int8_kernels() answers ("portable",)."""
+    import importlib.util
+
+    import prunekit
+
+    if importlib.util.find_spec("numba") is None:
+        return ("portable",)
+    with prunekit.backend("numba"):
+        return kernels.int8_kernels()
+
+
+int8_modes = _int8_modes()
 
 
 @pytest.mark.parametrize("kernel", int8_modes)
@@ -246,8 +307,8 @@ def test_int8_simd_kernels_can_be_switched_off(env, drops):
     code = ("from prunekit.sparse import kernels, Int8Weight; import numpy as np; print(kernels.int8_kernels()); "
             "q = Int8Weight.from_dense(np.eye(5, dtype=np.float32)); "
             "print(kernels.int8_linear(q, np.arange(5, dtype=np.float32)).tolist())")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1"}, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1", "PRUNEKIT_BACKEND": "numba"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
     assert eval(out[0]) == tuple(k for k in int8_modes if k not in drops)
     assert eval(out[1]) == pytest.approx([0, 1, 2, 3, 4], abs=0.02)
 
@@ -271,14 +332,14 @@ def test_int8_kernel_choice_reaches_its_kernel(kernel):
     q = Int8Weight.from_dense(rng.standard_normal((20, 30)).astype(np.float32))
     kernels.int8_linear(q, rng.standard_normal(30).astype(np.float32), kernel=kernel)
     kernels.int8_linear(q, rng.standard_normal((3, 30)).astype(np.float32), kernel=kernel)
-    work = q.__dict__.get("_work", {})
+    ws = q.workspace
     if kernel == "portable":
-        assert set(work) == {("portable", 1), ("portable", 3)}
+        assert set(ws.keys()) == {("portable", 1), ("portable", 3)}
     else:
         want = np.uint8 if kernel == "vnni" else np.int8
-        assert set(work) == {("gemv", kernel), (kernel, 4)}
-        assert work[("gemv", kernel)][2].dtype == want and work[(kernel, 4)][0].dtype == want
-    assert "_gemv" not in q.__dict__  # an explicit kernel never installs the default short path
+        assert set(ws.keys()) == {("gemv", kernel), (kernel, 4)}
+        assert ws.get(("gemv", kernel), None).xu.dtype == want and ws.get((kernel, 4), None)[0].dtype == want
+    assert ws.gemv is None  # an explicit kernel never installs the default short path
 
 
 @pytest.mark.parametrize("kernel", int8_modes)
@@ -305,7 +366,7 @@ def test_int8_default_short_path_is_correct_and_keeps_no_state():
         assert kernels.int8_linear(q, x, bias=bias, out=out, kernel=kernel) is out
         np.testing.assert_array_equal(out, y)
         if step == 0 and int8_modes[0] != "portable":
-            assert q._gemv[0] == (130,)  # the short path is installed by the first default call
+            assert q.workspace.gemv.in_shape == (130,)  # the short path is installed by the first default call
         if step % 5 == 0:
             kernels.int8_linear(q, rng.standard_normal((3, 130)).astype(np.float32))
 

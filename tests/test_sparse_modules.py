@@ -64,18 +64,19 @@ def test_to_sparse_lenet_equals_dense(lenet95, batch):
 
 
 def test_to_sparse_keeps_structure_and_fuses(lenet95):
-    fast = to_sparse(lenet95)
+    fast = to_sparse(lenet95, format="csr")
     assert isinstance(fast, SparseSequential) and len(fast) == 5
     assert [type(m).__name__ for m in fast] == ["SparseLinear", "ReLU", "SparseLinear", "ReLU", "SparseLinear"]
     assert [n for n, _ in fast.named_children()] == ["0", "1", "2", "3", "4"]
     assert list(fast._segments) == [0]  # the whole chain is one fused call
     assert fast[0].weight.nnz == np.count_nonzero(lenet95[0].weight.data)
-    unfused = to_sparse(lenet95, fuse=False)
-    assert type(unfused) is nn.Sequential
+    unfused = to_sparse(lenet95, format="csr", fuse=False)
+    assert type(unfused) is SparseSequential and unfused._segments == {}  # same container, nothing fused
     x = np.random.default_rng(0).standard_normal((2, 784)).astype(np.float32)
     np.testing.assert_allclose(fast(x).data, unfused(x).data, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numba  # the shortcut calls the compiled kernel; under the numpy backend it is not taken
 def test_whole_chain_shortcut_matches_the_general_path_and_keeps_its_checks(lenet95):
     """A model that is one fused chain takes a shortcut from __call__ to the kernel for small float32 batches;
     everything else (and every bad input) goes the general way, with the same results and errors."""
@@ -140,7 +141,7 @@ def test_min_sparsity_and_auto_keep_dense_layers_dense():
     model[2].weight.mask = None
     fast = to_sparse(model, format="csr", min_sparsity=0.5)
     assert type(fast[2]) is nn.Linear and isinstance(fast[0], SparseLinear)
-    auto = to_sparse(model, format="auto", batch_size=1)
+    auto = to_sparse(model, format="auto", inference_batch=1)
     assert type(auto[2]) is nn.Linear  # dense is faster than any sparse format at 0% sparsity
     assert isinstance(auto[0], SparseLinear)  # 99% sparse: CSR wins
     x = np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)
@@ -163,7 +164,7 @@ def test_nested_sequentials_are_converted():
     inner = nn.Sequential(nn.Linear(16, 16, seed=0), nn.ReLU(), nn.Linear(16, 8, seed=1))
     model = nn.Sequential(nn.Linear(8, 16, seed=2), nn.Tanh(), inner)
     magnitude_prune(model, 0.6)
-    fast = to_sparse(model)
+    fast = to_sparse(model, format="csr")
     assert isinstance(fast[2], SparseSequential) and list(fast[2]._segments) == [0]
     assert list(fast._segments) == [0]  # Linear alone before the Tanh
     x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
@@ -187,7 +188,7 @@ def test_sparse_linear_on_its_own():
 
 def test_inference_only_and_bad_arguments():
     model = magnitude_prune(pk.models.mlp([8, 4], seed=0), 0.5)
-    fast = to_sparse(model)
+    fast = to_sparse(model, format="csr")
     with pytest.raises(ValueError, match="x must be a Tensor that does not require grad"):
         fast(Tensor(np.ones((1, 8), np.float32), requires_grad=True))
     with no_grad():  # fine under no_grad
@@ -202,6 +203,14 @@ def test_inference_only_and_bad_arguments():
         to_sparse(np.eye(3))
     with pytest.raises(ValueError, match="min_sparsity must be"):
         to_sparse(model, min_sparsity=1.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_size'"):
+        to_sparse(model, batch_size=1)  # renamed: inference_batch (batch_size means a data batch everywhere)
+    with pytest.raises(TypeError, match="positional"):
+        to_sparse(model, "csr", 0.5)  # everything after the format is keyword-only
+    with pytest.raises(ValueError, match="inference_batch must be"):
+        to_sparse(model, inference_batch=0)
+    with pytest.raises(TypeError, match="fuse must be True or False"):
+        to_sparse(model, fuse="no")
     with pytest.raises(ValueError, match="x must be an array whose last dimension is in_features = 8"):
         fast[0].run(np.ones((1, 7), np.float32))
 
@@ -247,3 +256,85 @@ def test_fused_chain_checks_its_input_and_output():
         chain.run(x.astype(np.float64))
     with pytest.raises(ValueError, match="out must be"):
         chain.run(x, out=np.empty((3, 4), np.float32))
+
+
+# ----------------------------------------------------------------------------- issue 9: defaults and inputs
+
+
+class ScaledLinear(nn.Linear):
+    """A subclass, as a user (or another library) writes them; its forward is Linear's."""
+
+
+class MyConv(nn.Conv2d):
+    pass
+
+
+def test_subclasses_of_linear_and_conv_are_converted():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(MyConv(1, 4, 3, rng=rng), nn.ReLU(), nn.Flatten(), ScaledLinear(4 * 6 * 6, 5, rng=rng))
+    magnitude_prune(model, 0.8)
+    fast = to_sparse(model, format="csr")
+    assert isinstance(fast[0], SparseConv2d) and isinstance(fast[3], SparseLinear)
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, dense_out(model, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "auto"])
+def test_unfused_accepts_the_same_inputs_as_fused(lenet95, fmt):
+    fused, unfused = to_sparse(lenet95, format=fmt), to_sparse(lenet95, format=fmt, fuse=False)
+    rng = np.random.default_rng(3)
+    for batch in (1, 7):
+        x = rng.standard_normal((batch, 784)).astype(np.float32)
+        want = dense_out(lenet95, x)
+        for inp in (x, Tensor(x)):
+            for model in (fused, unfused):
+                with no_grad():
+                    y = model(inp)
+                assert isinstance(y, Tensor) and y.shape == (batch, 10)
+                np.testing.assert_allclose(y.data, want, rtol=1e-5, atol=1e-5)
+    x1 = rng.standard_normal(784).astype(np.float32)  # one sample as a 1-D vector, as the fused path allows
+    want = dense_out(lenet95, x1[None])[0]
+    for model in (fused, unfused):
+        for inp in (x1, Tensor(x1)):
+            with no_grad():
+                np.testing.assert_allclose(model(inp).data, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def lenet5_90():
+    return magnitude_prune(pk.models.lenet5(seed=0), 0.9)
+
+
+def test_default_is_auto_and_keeps_layers_dense_where_sparse_does_not_pay(lenet5_90):
+    """90%-pruned LeNet-5 at batch 1: the convolutions stay dense (their sparse path moves the im2col matrix
+    twice more than it saves), the Linear layers go CSR inside one fused chain."""
+    fast = to_sparse(lenet5_90)
+    assert type(fast[0]) is nn.Conv2d and type(fast[3]) is nn.Conv2d
+    assert all(isinstance(fast[i], SparseLinear) and fast[i].format == "csr" for i in (7, 9, 11))
+    assert list(fast._segments) == [7]  # Linear/ReLU x3 fused into one call
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, dense_out(lenet5_90, x), rtol=1e-4, atol=1e-5)
+    # a large expected batch (above fuse_max_batch): no fused chain, so each sparse module's own call counts,
+    # and at LeNet-5's sizes no layer is worth it: the converted model is the dense one
+    big = to_sparse(lenet5_90, inference_batch=64)
+    assert [type(m) for m in big] == [type(m) for m in lenet5_90] and big._segments == {}
+    assert to_sparse(lenet5_90, inference_batch=8)._segments != {}  # up to fuse_max_batch the chain still forms
+
+
+def test_choose_layer_counts_what_a_sparse_module_costs_around_its_kernel():
+    cm = costmodel.DEFAULT
+    lenet_fc1 = {"dense": 48000, "csr": 4800}
+    assert cm.choose_layer(lenet_fc1, 1, fused=True) == "csr"  # in a chain only the weights count
+    assert cm.choose_layer(lenet_fc1, 1) == "dense"  # on its own, the module's extra call eats the gain
+    # a convolution moves its im2col matrix: small ones stay dense even at 90% sparsity
+    assert cm.choose_layer({"dense": 2400, "csr": 240}, 64, conv_elements=64 * 150) == "dense"
+    wide = {"dense": 256 * 2304, "csr": 256 * 2304 // 20}  # a 3x3 conv, 256 -> 256 channels, 95% pruned: pays
+    assert cm.choose_layer(wide, 64, conv_elements=64 * 2304) == "csr"
+    # the margin: sparse must be predicted clearly faster
+    t_dense = cm.predict("dense", 10**6, 1)
+    stored = {"dense": 10**6, "csr": 10**5}
+    t_csr = cm.predict("csr", 10**5, 1) + cm.call_overhead
+    assert cm.choose_layer(stored, 1, margin=t_dense / t_csr * 0.99) == "csr"
+    assert cm.choose_layer(stored, 1, margin=t_dense / t_csr * 1.01) == "dense"
+    with pytest.raises(ValueError, match="stored must be a dict with a 'dense' entry"):
+        cm.choose_layer({"csr": 5})

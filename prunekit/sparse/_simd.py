@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit
-from .kernels import nm_columns
+from .kernels import CHAIN_CSR, chain_layer, fused_chain_reference, nm_columns
 
 __all__ = ["csr_spmv", "nm_spmv", "fused_chain", "LANES"]
 
@@ -327,7 +327,7 @@ def dense_dot(off, n, vals, x):
     return vsum(a0)
 
 
-@njit(parallel=True)  # no prange inside: see the note above csr_spmv_rows
+@njit(parallel=True, reference=fused_chain_reference)  # no prange inside: see the note above csr_spmv_rows
 def fused_chain(x, vals, cols, meta, work, out):
     """SIMD version of :func:`prunekit.sparse.kernels.fused_chain_kernel` (same arguments, float32)."""
     n_layers = meta[0]
@@ -336,20 +336,14 @@ def fused_chain(x, vals, cols, meta, work, out):
     for b in range(x.shape[0]):
         src = x[b]
         for layer in range(n_layers):
-            d = 1 + 6 * layer
-            kind = meta[d]
-            n_in = meta[d + 1]
-            n_out = meta[d + 2]
-            where = meta[d + 3]
-            bias0 = meta[d + 4]
-            relu = meta[d + 5]
+            kind, n_in, n_out, where, bias0, relu = chain_layer(meta, layer)
             if layer == n_layers - 1:
                 dst = out[b]
             else:
                 h = (layer % 2) * half
                 dst = work[h:h + n_out]
             for i in range(n_out):
-                if kind == 0:
+                if kind == CHAIN_CSR:
                     s = row_dot(meta[where + i], meta[where + i + 1], cols, vals, src)
                 else:
                     s = dense_dot(where + i * n_in, n_in, vals, src)

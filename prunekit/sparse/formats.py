@@ -36,7 +36,7 @@ import numpy as np
 
 from .._validate import check_array, check_int, fail
 
-__all__ = ["CSR", "BSR", "NM", "Int8Weight", "SparseFormat"]
+__all__ = ["CSR", "BSR", "NM", "Int8Weight", "SparseFormat", "Workspace"]
 
 _FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -58,10 +58,48 @@ def _ptr_dtype(n):
     return np.int32 if n < 2**31 else np.int64
 
 
+class Workspace:
+    """Scratch buffers and prepared kernel calls kept with one weight matrix.
+
+    The hot paths of :mod:`prunekit.sparse.kernels` allocate nothing: buffers
+    (a transposed input, int8 activations, accumulators) are made on first use
+    for a given key (batch size, dtype, kernel) and reused. ``packed`` is the
+    int8 SIMD panel layout of an :class:`Int8Weight`; ``gemv`` its prepared
+    batch-1 call (see ``kernels.int8_linear``). Not thread-safe: one weight's
+    buffers serve one call at a time.
+    """
+
+    __slots__ = ("_buffers", "packed", "gemv")
+
+    def __init__(self):
+        self._buffers = {}
+        self.packed = None
+        self.gemv = None
+
+    def get(self, key, make):
+        """The buffer(s) stored under ``key``, made by ``make()`` the first time."""
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = make()
+        return buf
+
+    def keys(self):
+        return list(self._buffers)
+
+    def __repr__(self):
+        return f"Workspace({len(self._buffers)} buffers, packed={self.packed is not None}, gemv={self.gemv is not None})"
+
+
 class SparseFormat:
-    """Shared behaviour: shape, nnz, density, nbytes, repr, linear()."""
+    """Shared behaviour: shape, nnz, density, nbytes, repr, linear(); a :class:`Workspace` for the kernels."""
 
     shape: tuple
+
+    def __new__(cls, *args, **kwargs):
+        # here rather than in each constructor: ``from_dense`` builds objects with ``cls.__new__(cls)``
+        self = super().__new__(cls)
+        self.workspace = Workspace()
+        return self
 
     @property
     def nnz(self) -> int:
@@ -82,7 +120,8 @@ class SparseFormat:
         return 4 * self.shape[0] * self.shape[1]
 
     def linear(self, x, bias=None, out=None):
-        """``x @ W.T (+ bias)`` for ``x`` of shape ``(in,)`` or ``(B, in)``, on the numba kernels."""
+        """``x @ W.T (+ bias)`` for ``x`` of shape ``(in,)`` or ``(B, in)`` (numba kernels, or their NumPy
+        references under the ``"numpy"`` backend)."""
         from . import kernels
 
         return kernels.linear(self, x, bias=bias, out=out)
@@ -406,7 +445,6 @@ class Int8Weight(SparseFormat):
 
     def _finish(self):
         self.row_sums = self.q.sum(axis=1, dtype=np.int32)
-        self._packed = None  # SIMD panel layout, built on first use (kernels._int8_packed)
 
     @classmethod
     def from_dense(cls, a):

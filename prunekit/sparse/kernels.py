@@ -28,22 +28,46 @@ Why these kernels look the way they do
   re-associating sums (partial sums are explicit, so the summation order is
   fixed and the same on every run), and multiply and add are not fused.
 * Starting threads costs microseconds; products smaller than
-  ``PARALLEL_MIN_WORK`` multiply-adds run on one thread (``*_rows`` kernels).
+  ``prunekit._jit.PARALLEL_MIN_WORK`` multiply-adds run on one thread: every
+  public op calls ``kernel.for_work(work)`` (the one serial-vs-parallel idiom of
+  prunekit), which is the parallel kernel or its single-thread twin, through
+  :func:`_for_work`, which also takes the twin when no core is free (below).
+* A parallel kernel needs every thread it starts: when another process holds a
+  core, the thread placed there waits for the scheduler (up to milliseconds) and
+  the whole product waits for it. Measured on the 2-core machine (shared, load
+  5-11), parallel vs serial twin, medians of 5 interleaved runs of 60 calls, with
+  ``taskset -c 1 python -c "while 1: pass"`` running: CSR 1024 x 1024 at 90%,
+  batch 1, 1.2-1.9 ms on two threads against 37-54 us on one; batch 16,
+  1.7-2.5 ms against 0.12 ms; 4096 x 4096, batch 1, 0.3-4.6 ms against 0.6-0.7 ms.
+  Fewer threads per call (``numba.set_num_threads``) would need the same "is a
+  core free?" test and is per-thread state, so the rule is simply: parallel only
+  while a core is free (:class:`_FreeCores`, which reads the kernel's count of
+  running tasks, ours taken off, at most every 50 ms). The price, when other
+  processes leave no core free but would not have stalled us: 1024 x 1024 at
+  batch 1 ran in 37 us instead of 21 us.
 * Hot paths do not allocate scratch: pass ``out=`` to reuse an output buffer;
-  scratch buffers live with the weight object.
+  scratch buffers live in the weight's :class:`~prunekit.sparse.formats.Workspace`.
+* Backends (:mod:`prunekit._backend`): under ``"numpy"`` every public op here
+  runs its ``*_reference`` and numba is never imported (the SIMD modules import
+  it, so they are not even loaded). int8 results are bit-identical between the
+  backends (integer sums, then the same float32 operations in the same order);
+  float results agree to round-off (the kernels fix their own summation order).
 
 Kernels are compiled lazily (``prunekit._jit.njit``) on their first call;
 :func:`prunekit.sparse.warmup` compiles them ahead for float32.
 """
 from __future__ import annotations
 
+import os
 import platform
+import time
 import warnings
 
 import numpy as np
 
+from .. import _backend, _jit
 from .._jit import njit
-from .._validate import check_array, fail
+from .._validate import check_array, check_int, fail
 from .formats import BSR, CSR, NM, Int8Weight, SparseFormat
 
 prange = range  # swapped for numba.prange when a parallel kernel is compiled
@@ -61,12 +85,76 @@ __all__ = [
     "csr_spmv", "csr_spmm", "bsr_spmm", "nm_spmm", "int8_linear",
     "csr_spmv_reference", "csr_spmm_reference", "bsr_spmm_reference", "nm_spmm_reference",
     "int8_linear_reference", "quantize_rows_reference", "int8_matmul_int32_reference",
-    "int8_matmul_int32", "quantize_rows", "has_vnni", "int8_kernels",
+    "int8_matmul_int32", "quantize_rows", "has_vnni", "int8_kernels", "fused_chain_reference",
 ]
 
 ROWS_PER_TASK = 16  # output rows handed to one thread at a time in the batched kernels
 CHUNK = 64  # output rows per task in the batch-1 kernels
-PARALLEL_MIN_WORK = 50_000  # multiply-adds below which a product runs on one thread (no thread start-up)
+
+
+# =========================================================================== serial or parallel
+
+
+class _FreeCores:
+    """Is a core free for our worker threads right now? (Linux: ``/proc``; elsewhere: assume so.)
+
+    The fourth field of ``/proc/loadavg`` counts the tasks running or ready to run at
+    this instant, machine-wide; our own running threads (``/proc/self/task``: the
+    caller, and workers still spinning after the previous kernel) are taken off, so
+    what is left is other processes. A core is free for our workers when those leave
+    at least two of the cores this process may use (one for the caller, one more).
+    Read at most every ``interval`` seconds (a few tens of microseconds per read), so
+    the answer follows the machine within 50 ms.
+    """
+
+    def __init__(self, interval=0.05):
+        self.interval = interval
+        self._checked = -float("inf")
+        self._free = True
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= self.interval:
+            self._checked = now
+            self._free = self._read()
+        return self._free
+
+    def _read(self) -> bool:
+        if self.cores < 2:
+            return False
+        others = self._running_elsewhere()
+        return True if others is None else others <= self.cores - 2
+
+    @staticmethod
+    def _running_elsewhere(proc="/proc"):
+        """Tasks of other processes running or runnable right now, or None where ``/proc`` does not say."""
+        try:
+            with open(f"{proc}/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            tids = os.listdir(f"{proc}/self/task")
+        except (OSError, ValueError, IndexError):
+            return None
+        own = 0
+        for tid in tids:
+            try:
+                with open(f"{proc}/self/task/{tid}/stat") as f:
+                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):  # a thread that just ended
+                pass
+        return max(running - own, 0)
+
+
+_free_cores = _FreeCores()
+
+
+def _for_work(kernel, work):
+    """``kernel.for_work(work)``: the parallel kernel for ``work >= _jit.PARALLEL_MIN_WORK`` multiply-adds, its
+    single-thread twin below; and the twin too while no core is free (see the module docstring)."""
+    chosen = kernel.for_work(work)
+    if chosen is kernel and kernel.options.get("parallel") and not _free_cores():
+        return kernel.serial
+    return chosen
 
 
 # =========================================================================== helpers
@@ -233,14 +321,6 @@ def csr_spmm_kernel(indptr, indices, data, xt, bias, y):
         csr_spmm_rows(r0, min(r0 + ROWS_PER_TASK, n), indptr, indices, data, xt, bias, y)
 
 
-def _run(rows_kernel, parallel_kernel, n_rows, work, *args):
-    """One thread for small products (no thread start-up), all threads otherwise."""
-    if work < PARALLEL_MIN_WORK:
-        rows_kernel(0, n_rows, *args)
-    else:
-        parallel_kernel(*args)
-
-
 def csr_spmv(w: CSR, x, bias=None, out=None, simd=None):
     """``W @ x (+ b)`` for a CSR matrix and a vector ``x`` of length ``in``.
 
@@ -249,9 +329,13 @@ def csr_spmv(w: CSR, x, bias=None, out=None, simd=None):
     """
     x = _as_input(x, w, ndim=1)
     out = _as_output(out, (w.shape[0],), w.dtype)
+    b = _bias(bias, w)
     mod = _simd_module(w.dtype, simd)
-    kernels = (csr_spmv_rows, csr_spmv_kernel) if mod is None else (mod.csr_spmv_rows, mod.csr_spmv)
-    _run(*kernels, w.shape[0], w.nnz, w.indptr, w.indices, w.data, x, _bias(bias, w), out)
+    if not _backend.use_numba():
+        out[...] = csr_spmv_reference(w.data, w.indices, w.indptr, w.shape, x, _or_none(b))
+        return out
+    kernel = csr_spmv_kernel if mod is None else mod.csr_spmv
+    _for_work(kernel, w.nnz)(w.indptr, w.indices, w.data, x, b, out)
     return out
 
 
@@ -259,15 +343,17 @@ def csr_spmm(w: CSR, x, bias=None, out=None, simd=None):
     """``x @ W.T (+ b)`` for a CSR matrix and ``x`` of shape ``(B, in)``."""
     x = _as_input(x, w, ndim=2)
     out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
+    b = _bias(bias, w)
     mod = _simd_module(w.dtype, simd)
+    if not _backend.use_numba():
+        out[...] = csr_spmm_reference(w.data, w.indices, w.indptr, w.shape, x, _or_none(b))
+        return out
     work = w.nnz * x.shape[0]
     if mod is None:
-        _run(csr_spmm_rows, csr_spmm_kernel, w.shape[0], work,
-             w.indptr, w.indices, w.data, _transposed(x, w), _bias(bias, w), out)
+        _for_work(csr_spmm_kernel, work)(w.indptr, w.indices, w.data, _transposed(x, w), b, out)
     else:
         xt, ldx = _transposed_padded(x, w)
-        _run(mod.csr_spmm_rows, mod.csr_spmm, w.shape[0], work,
-             w.indptr, w.indices, w.data, xt, ldx, _bias(bias, w), out)
+        _for_work(mod.csr_spmm, work)(w.indptr, w.indices, w.data, xt, ldx, b, out)
     return out
 
 
@@ -277,11 +363,11 @@ def csr_spmm(w: CSR, x, bias=None, out=None, simd=None):
 def bsr_spmm_reference(blocks, indices, indptr, shape, x, bias=None):
     """NumPy reference: place each ``(R, C)`` block, then ``x @ W.T (+ b)`` (x 1-D or 2-D)."""
     r, c = blocks.shape[1], blocks.shape[2]
-    w = np.zeros(shape, dtype=np.result_type(blocks, x))
-    for br in range(len(indptr) - 1):
-        for k in range(indptr[br], indptr[br + 1]):
-            bc = indices[k]
-            w[br * r:(br + 1) * r, bc * c:(bc + 1) * c] = blocks[k]
+    n_br, n_bc = shape[0] // r, shape[1] // c
+    tiles = np.zeros((n_br, n_bc, r, c), dtype=np.result_type(blocks, x))
+    block_row = np.repeat(np.arange(n_br), np.diff(indptr))  # the block row of each kept block
+    tiles[block_row, indices] = blocks
+    w = tiles.transpose(0, 2, 1, 3).reshape(shape)
     y = x @ w.T
     return y if bias is None else y + bias
 
@@ -376,14 +462,13 @@ def bsr_spmm(w: BSR, x, bias=None, out=None):
     """``x @ W.T (+ b)`` for a BSR matrix; ``x`` of shape ``(in,)`` or ``(B, in)``."""
     x = _as_input(x, w, ndim=(1, 2))
     b = _bias(bias, w)
-    n_blk_rows = w.indptr.shape[0] - 1
-    if x.ndim == 1:
-        out = _as_output(out, (w.shape[0],), w.dtype)
-        _run(bsr_spmv_rows, bsr_spmv_kernel, n_blk_rows, w.nnz, w.indptr, w.indices, w.blocks_t, x, b, out)
+    out = _as_output(out, x.shape[:-1] + (w.shape[0],), w.dtype)
+    if not _backend.use_numba():
+        out[...] = bsr_spmm_reference(w.blocks, w.indices, w.indptr, w.shape, x, _or_none(b))
+    elif x.ndim == 1:
+        _for_work(bsr_spmv_kernel, w.nnz)(w.indptr, w.indices, w.blocks_t, x, b, out)
     else:
-        out = _as_output(out, (x.shape[0], w.shape[0]), w.dtype)
-        _run(bsr_spmm_rows, bsr_spmm_kernel, n_blk_rows, w.nnz * x.shape[0],
-             w.indptr, w.indices, w.blocks_t, _transposed(x, w), b, out)
+        _for_work(bsr_spmm_kernel, w.nnz * x.shape[0])(w.indptr, w.indices, w.blocks_t, _transposed(x, w), b, out)
     return out
 
 
@@ -464,23 +549,21 @@ def nm_spmm(w: NM, x, bias=None, out=None, simd=None):
     x = _as_input(x, w, ndim=(1, 2))
     b = _bias(bias, w)
     mod = _simd_module(w.dtype, simd)
-    rows = w.shape[0]
-    if x.ndim == 1:
-        out = _as_output(out, (rows,), w.dtype)
+    out = _as_output(out, x.shape[:-1] + (w.shape[0],), w.dtype)
+    if not _backend.use_numba():
+        out[...] = nm_spmm_reference(w.values, w.positions, w.shape, w.n, w.m, x, _or_none(b))
+    elif x.ndim == 1:
         if mod is not None and w.n in (1, 2, 4, 8, 16):
-            _run(mod.nm_spmv_rows, mod.nm_spmv, rows, w.nnz,
-                 w.values, w.positions, w.n.bit_length() - 1, w.m, x, b, out)
+            _for_work(mod.nm_spmv, w.nnz)(w.values, w.positions, w.n.bit_length() - 1, w.m, x, b, out)
         else:
-            _run(nm_spmv_rows, nm_spmv_kernel, rows, w.nnz, w.values, w.positions, w.n, w.m, x, b, out)
+            _for_work(nm_spmv_kernel, w.nnz)(w.values, w.positions, w.n, w.m, x, b, out)
     else:
-        out = _as_output(out, (x.shape[0], rows), w.dtype)
         work = w.nnz * x.shape[0]
         if mod is None:
-            _run(nm_spmm_rows, nm_spmm_kernel, rows, work,
-                 w.values, w.positions, w.n, w.m, _transposed(x, w), b, out)
+            _for_work(nm_spmm_kernel, work)(w.values, w.positions, w.n, w.m, _transposed(x, w), b, out)
         else:
             xt, ldx = _transposed_padded(x, w)
-            _run(mod.nm_spmm_rows, mod.nm_spmm, rows, work, w.values, w.positions, w.n, w.m, xt, ldx, b, out)
+            _for_work(mod.nm_spmm, work)(w.values, w.positions, w.n, w.m, xt, ldx, b, out)
     return out
 
 
@@ -503,13 +586,17 @@ def int8_matmul_int32_reference(xq, wq):
 
 
 def int8_linear_reference(w: Int8Weight, x, bias=None):
-    """Quantize x per row, multiply in integers, dequantize: ``(sx[b] * sw[i]) * acc[b, i] (+ b)``."""
+    """Quantize x per row, multiply in integers, dequantize: ``float32(acc[b, i]) * (sx[b] * sw[i]) (+ b[i])``.
+
+    Every step after the exact integer sums is one float32 operation, in the
+    kernels' own order, so the kernels give bit-identical results.
+    """
     squeeze = np.ndim(x) == 1
     xq, sx = quantize_rows_reference(np.asarray(x, dtype=np.float32))
-    acc = int8_matmul_int32_reference(xq, w.q).astype(np.float64)
-    y = acc * sx.astype(np.float64)[:, None] * w.scales.astype(np.float64)[None, :]
+    acc = int8_matmul_int32_reference(xq, w.q)
+    y = acc.astype(np.float32) * (sx[:, None] * w.scales[None, :])
     if bias is not None:
-        y = y + bias
+        y = y + np.asarray(bias, dtype=np.float32)
     y = y.astype(w.dtype)
     return y[0] if squeeze else y
 
@@ -591,16 +678,23 @@ def int8_matmul_int32_kernel(xq, wq, out):
 _INT8_KERNELS = None
 
 
+INT8_KERNEL_NAMES = ("vnni", "avx2", "portable")
+
+
 def int8_kernels() -> tuple:
     """The int8 kernels this CPU can run, fastest first, e.g. ``("avx2", "portable")``.
 
     ``"vnni"``: AVX-512 VNNI ``vpdpbusd``; ``"avx2"``: ``vpmaddubsw`` with the sign
     trick; ``"portable"``: plain numba loops (any CPU). ``kernel=None`` in
-    :func:`int8_linear` takes the first. Environment switches, read once:
+    :func:`int8_linear` takes the first. Under the ``"numpy"`` backend the answer is
+    ``("portable",)`` (the reference runs; numba is not imported to ask the CPU).
+    Environment switches, read once:
     ``PRUNEKIT_NO_VNNI=1`` leaves out ``"vnni"`` (AVX2 then runs on a VNNI CPU),
     ``PRUNEKIT_NO_INT8_SIMD=1`` leaves only ``"portable"``.
     """
     global _INT8_KERNELS
+    if not _backend.use_numba():
+        return ("portable",)
     if _INT8_KERNELS is None:
         from . import _int8_simd
 
@@ -614,7 +708,14 @@ def has_vnni() -> bool:
 
 
 def _int8_simd_flavour(kernel):
-    """None for the portable kernel, else "vnni" or "avx2" (the instruction set of prunekit.sparse._int8_simd)."""
+    """None for the portable kernel, else "vnni" or "avx2" (the instruction set of prunekit.sparse._int8_simd).
+
+    Under the ``"numpy"`` backend any of the names is accepted (the reference runs for all).
+    """
+    if not _backend.use_numba():
+        if kernel is not None and kernel not in INT8_KERNEL_NAMES:
+            fail("kernel", f"None or one of {INT8_KERNEL_NAMES}", kernel)
+        return None
     avail = int8_kernels()
     if kernel is None:
         kernel = avail[0]
@@ -624,11 +725,13 @@ def _int8_simd_flavour(kernel):
 
 
 def _int8_packed(w: Int8Weight):
-    if w._packed is None:
+    """``(packed panels, n_panels, n_quads)`` of the SIMD kernels, built once per weight (kept in its workspace)."""
+    ws = w.workspace
+    if ws.packed is None:
         from . import _int8_simd
 
-        w._packed = _int8_simd.pack_weights(w.q)
-    return w._packed
+        ws.packed = _int8_simd.pack_weights(w.q)
+    return ws.packed
 
 
 def quantize_rows(x, offset=0, width=None):
@@ -637,10 +740,18 @@ def quantize_rows(x, offset=0, width=None):
     Returns ``(q, scale)``; ``q`` has ``width`` columns (default ``x.shape[1]``), the extra ones set to ``offset``.
     """
     x = np.ascontiguousarray(np.atleast_2d(x))
-    width = x.shape[1] if width is None else width
+    if x.ndim != 2 or x.dtype.kind != "f":
+        fail("x", "a 1-D or 2-D floating-point array", f"shape {x.shape}, dtype {x.dtype}")
+    check_int("offset", offset, low=0, high=128)
+    width = x.shape[1] if width is None else check_int("width", width, low=x.shape[1])
     q = np.empty((x.shape[0], width), dtype=np.uint8 if offset else np.int8)
+    if not _backend.use_numba():
+        q8, scale = quantize_rows_reference(x)
+        q[:, : x.shape[1]] = q8.astype(np.int16) + offset
+        q[:, x.shape[1]:] = offset
+        return q, scale
     scale = np.empty(x.shape[0], dtype=np.float32)
-    _run(quantize_rows_rows, quantize_rows_kernel, x.shape[0], x.size, x, q, scale, offset)
+    _for_work(quantize_rows_kernel, x.size)(x, q, scale, offset)
     return q, scale
 
 
@@ -661,6 +772,8 @@ def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
         fail("xq", f"an array with {w.shape[1]} columns (in_features)", f"shape {xq.shape}")
     n_b = xq.shape[0]
     flavour = _int8_simd_flavour(kernel)
+    if not _backend.use_numba():
+        return int8_matmul_int32_reference(xq, w.q)
     if flavour is not None:
         from . import _int8_simd
 
@@ -668,7 +781,8 @@ def int8_matmul_int32(xq, w: Int8Weight, kernel=None):
         xu = _simd_activations(flavour, n_b, 4 * n_quads)
         xu[:, : w.shape[1]] = xq.astype(np.int16) + _int8_simd.activation_format(flavour)[1]
         acc = np.zeros(n_b * n_panels * _int8_simd.PANEL, dtype=np.int32)
-        _int8_simd.matmul_int32(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads, w.row_sums, acc)
+        _for_work(_int8_simd.matmul_int32, n_b * w.q.size)(xu.reshape(-1), 4 * n_quads, n_b, wp, n_panels, n_quads,
+                                                          w.row_sums, acc)
         return acc.reshape(n_b, n_panels * _int8_simd.PANEL)[:, : w.shape[0]].copy()
     out = np.empty((n_b, w.shape[0]), dtype=np.int32)
     int8_matmul_int32_kernel(np.ascontiguousarray(xq), w.q, out)
@@ -682,17 +796,25 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, kernel=None):
     ``"vnni"``, ``"avx2"`` or ``"portable"`` asks for one. All give the same result
     up to float32 rounding of the final scale (the integer sums are exact).
     """
-    work = w.__dict__.get("_gemv")
-    if (work is not None and kernel is None and bias is None and type(x) is np.ndarray and x.dtype == np.float32
-            and x.shape == work[0] and x.flags.c_contiguous):
+    call = w.workspace.gemv
+    if (call is not None and kernel is None and bias is None and type(x) is np.ndarray and x.dtype == np.float32
+            and x.shape == call.in_shape and x.flags.c_contiguous and _backend._current == "numba"):
         # the hot batch-1 call (a GEMV at memory speed): as few Python steps as possible, since they run on
         # a cache that the previous call's 16 MB weight stream has just flushed (~1 us each, measured)
         y = np.empty(w.shape[0], np.float32) if out is None else _as_output(out, (w.shape[0],), np.float32)
-        work[1](x, *work[2:], y)
+        call.kernel(x, *call.args, y)
         return y
     x = _as_input(x, w, ndim=(1, 2))
     squeeze = x.ndim == 1
     flavour = _int8_simd_flavour(kernel)
+    if not _backend.use_numba():
+        b = _bias(bias, w)
+        y = int8_linear_reference(w, x, _or_none(b))
+        if out is None:
+            return y
+        out = _as_output(out, y.shape, w.dtype)
+        out[...] = y
+        return out
     if squeeze and w.dtype == np.float32 and flavour is not None:
         return _int8_gemv_simd(w, flavour, x, _bias(bias, w), _as_output(out, (w.shape[0],), w.dtype),
                                cache=kernel is None)
@@ -715,20 +837,21 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, kernel=None):
         wp, n_panels, n_quads = _int8_packed(w)
         k4 = 4 * n_quads
         rows = -(-n_b // _int8_simd.ROW_TILE) * _int8_simd.ROW_TILE if n_b > 1 else 1
-        xu, sx, acc = _workspace(w, (flavour, rows), lambda: (
+        xu, sx, acc = w.workspace.get((flavour, rows), lambda: (
             _simd_activations(flavour, rows, k4), np.zeros(rows, np.float32),
             np.empty(rows * n_panels * _int8_simd.PANEL, np.int32)))
         if n_b == 1:
-            _int8_simd.gemv(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32[0])
+            _for_work(_int8_simd.gemv, w.q.size)(x2[0], xu[0], wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32,
+                                                 acc, y32[0])
         else:
-            _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xu[:n_b], sx[:n_b],
-                 _int8_simd.activation_format(flavour)[1])
-            _int8_simd.gemm(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx, w.scales, bias32, acc, y32)
+            _for_work(quantize_rows_kernel, x2.size)(x2, xu[:n_b], sx[:n_b], _int8_simd.activation_format(flavour)[1])
+            _for_work(_int8_simd.gemm, n_b * w.q.size)(xu.reshape(-1), k4, wp, n_panels, n_quads, w.row_sums, sx,
+                                                       w.scales, bias32, acc, y32)
     else:
-        xq, sx = _workspace(w, ("portable", n_b), lambda: (
+        xq, sx = w.workspace.get(("portable", n_b), lambda: (
             np.empty((n_b, w.shape[1]), np.int8), np.empty(n_b, np.float32)))
-        _run(quantize_rows_rows, quantize_rows_kernel, n_b, x2.size, x2, xq, sx, 0)
-        int8_gemm_kernel(xq, w.q, sx, w.scales, bias32, y32)
+        _for_work(quantize_rows_kernel, x2.size)(x2, xq, sx, 0)
+        _for_work(int8_gemm_kernel, n_b * w.q.size)(xq, w.q, sx, w.scales, bias32, y32)
     if y32 is not y:
         y[...] = y32
     if out is not None:
@@ -736,28 +859,54 @@ def int8_linear(w: Int8Weight, x, bias=None, out=None, kernel=None):
     return y[0] if squeeze else y
 
 
+class _PreparedGemv:
+    """The batch-1 SIMD int8 call of one weight, prepared once: its compiled kernel and scratch buffers.
+
+    ``gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, scales, bias, acc, y)``: ``args``
+    holds the arguments between ``x`` and ``y`` (with an empty bias), in that order, so
+    the short path of :func:`int8_linear` calls ``kernel(x, *args, y)`` with little
+    Python work in between.
+    """
+
+    __slots__ = ("in_shape", "lazy_kernel", "work", "parallel", "serial", "xu", "packed", "n_panels", "n_quads", "row_sums", "sx", "scales", "acc",
+                 "args")
+
+    def __init__(self, w: Int8Weight, flavour):
+        from . import _int8_simd
+
+        self.packed, self.n_panels, self.n_quads = _int8_packed(w)
+        self.in_shape = (w.shape[1],)
+        self.lazy_kernel = _int8_simd.gemv
+        self.work = w.q.size
+        self.parallel, self.serial = _int8_simd.gemv.compiled(), _int8_simd.gemv.serial.compiled()
+        self.xu = _simd_activations(flavour, 1, 4 * self.n_quads)[0]  # x quantized (scratch)
+        self.row_sums, self.scales = w.row_sums, w.scales
+        self.sx = np.zeros(1, np.float32)  # x's scale (scratch)
+        self.acc = np.empty(self.n_panels * _int8_simd.PANEL, np.int32)  # int32 sums (scratch)
+        self.args = (self.xu, self.packed, self.n_panels, self.n_quads, self.row_sums, self.sx, self.scales,
+                     _bias(None, w), self.acc)
+
+    @property
+    def kernel(self):
+        """The compiled kernel for this call: parallel or single-thread, as :func:`_for_work` decides."""
+        return self.parallel if _for_work(self.lazy_kernel, self.work) is self.lazy_kernel else self.serial
+
+    def __call__(self, x, bias32, y):
+        self.kernel(x, self.xu, self.packed, self.n_panels, self.n_quads, self.row_sums, self.sx, self.scales,
+                    bias32, self.acc, y)
+        return y
+
+
 def _int8_gemv_simd(w: Int8Weight, flavour, x, bias32, y, cache):
     """Batch 1, float32, SIMD kernel: one kernel call (quantize, multiply, dequantize) on buffers kept with ``w``.
 
-    With ``cache`` (the default kernel was asked for), the buffers and the compiled
-    kernel are also stored as ``w._gemv`` for the short path in :func:`int8_linear`.
+    With ``cache`` (the default kernel was asked for), the prepared call is also kept as
+    ``w.workspace.gemv`` for the short path in :func:`int8_linear`.
     """
-    def make():
-        from . import _int8_simd
-
-        wp, n_panels, n_quads = _int8_packed(w)
-        xu = _simd_activations(flavour, 1, 4 * n_quads)[0]
-        # (input shape, compiled kernel, then its arguments between x and y with an empty bias): read by the
-        # short path in int8_linear, which passes them as they are
-        return ((w.shape[1],), _int8_simd.gemv.compiled(), xu, wp, n_panels, n_quads, w.row_sums,
-                np.zeros(1, np.float32), w.scales, _bias(None, w), np.empty(n_panels * _int8_simd.PANEL, np.int32))
-
-    work = _workspace(w, ("gemv", flavour), make)
+    call = w.workspace.get(("gemv", flavour), lambda: _PreparedGemv(w, flavour))
     if cache:
-        w._gemv = work
-    _, gemv, xu, wp, n_panels, n_quads, row_sums, sx, scales, _, acc = work
-    gemv(x, xu, wp, n_panels, n_quads, row_sums, sx, scales, bias32, acc, y)
-    return y
+        w.workspace.gemv = call
+    return call(x, bias32, y)
 
 
 # =========================================================================== fused Linear/ReLU chain
@@ -791,12 +940,57 @@ def _dense_dot(off, n, vals, x):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+# ``meta`` of a fused chain: meta[0] = number of layers, then CHAIN_FIELDS int64 per layer, at
+# 1 + CHAIN_FIELDS * layer; these are the offsets of the fields inside a layer's record (shared by
+# FusedChain, which writes them, and by the kernels and the reference, which read them).
+CHAIN_KIND = 0  # CHAIN_CSR or CHAIN_DENSE
+CHAIN_N_IN = 1  # input features
+CHAIN_N_OUT = 2  # output features
+CHAIN_WHERE = 3  # CSR: index in meta of the layer's indptr (offsets into vals/cols); dense: offset of W in vals
+CHAIN_BIAS = 4  # offset of the bias in vals, or -1 for none
+CHAIN_RELU = 5  # 1 if a ReLU follows
+CHAIN_FIELDS = 6
 CHAIN_CSR = 0
 CHAIN_DENSE = 1
-CHAIN_FIELDS = 6  # per layer in ``meta``: kind, n_in, n_out, where, bias offset (or -1), relu
 
 
-@njit
+def chain_record(layer):
+    """Index in ``meta`` of the record of ``layer`` (its fields are at ``+ CHAIN_KIND`` ... ``+ CHAIN_RELU``)."""
+    return 1 + CHAIN_FIELDS * layer
+
+
+def _chain_layer(meta, layer):
+    """``(kind, n_in, n_out, where, bias offset, relu)`` of ``layer``, read at the CHAIN_* offsets of its record."""
+    d = 1 + CHAIN_FIELDS * layer  # chain_record(layer)
+    return (meta[d + CHAIN_KIND], meta[d + CHAIN_N_IN], meta[d + CHAIN_N_OUT], meta[d + CHAIN_WHERE],
+            meta[d + CHAIN_BIAS], meta[d + CHAIN_RELU])
+
+
+# the same function for the kernels (inlined) and, under the numpy backend, as plain Python
+chain_layer = njit(inline="always", reference=_chain_layer)(_chain_layer)
+
+
+def fused_chain_reference(x, vals, cols, meta, work, out):
+    """NumPy reference of :func:`fused_chain_kernel` (same arguments): unpack each layer, then ``x @ W.T + b``, ReLU."""
+    a = x
+    for layer in range(int(meta[0])):
+        kind, n_in, n_out, where, bias0, relu = (int(v) for v in _chain_layer(meta, layer))
+        if kind == CHAIN_CSR:
+            indptr = meta[where:where + n_out + 1]  # offsets into vals/cols
+            k0, k1 = int(indptr[0]), int(indptr[-1])
+            w = np.zeros((n_out, n_in), dtype=vals.dtype)
+            w[np.repeat(np.arange(n_out), np.diff(indptr)), cols[k0:k1]] = vals[k0:k1]
+        else:
+            w = vals[where:where + n_out * n_in].reshape(n_out, n_in)
+        a = a @ w.T
+        if bias0 >= 0:
+            a = a + vals[bias0:bias0 + n_out]
+        if relu:
+            a = np.maximum(a, vals.dtype.type(0))
+    out[...] = a
+
+
+@njit(reference=fused_chain_reference)
 def fused_chain_kernel(x, vals, cols, meta, work, out):
     """Run a whole chain of Linear(+ReLU) layers on each row of ``x`` in one call.
 
@@ -807,11 +1001,9 @@ def fused_chain_kernel(x, vals, cols, meta, work, out):
 
     * ``vals``: every CSR layer's values, then dense layers' weights and all biases
     * ``cols``: every CSR layer's column indices (same order as their values)
-    * ``meta`` (int64): ``meta[0]`` = number of layers L, then ``CHAIN_FIELDS``
-      numbers per layer: kind (0 CSR, 1 dense), n_in, n_out, where (CSR: index
-      in ``meta`` of the layer's indptr, which holds offsets into vals/cols;
-      dense: offset of the row-major weight in ``vals``), bias offset in
-      ``vals`` or -1, relu (0/1); then the indptrs.
+    * ``meta`` (int64): ``meta[0]`` = number of layers L, then one record of
+      ``CHAIN_FIELDS`` numbers per layer (the ``CHAIN_*`` offsets above: kind,
+      n_in, n_out, where, bias offset or -1, relu); then the CSR indptrs.
     * ``work``: scratch of twice the widest hidden layer (layers ping-pong).
     """
     n_layers = meta[0]
@@ -820,13 +1012,7 @@ def fused_chain_kernel(x, vals, cols, meta, work, out):
     for b in range(x.shape[0]):
         src = x[b]
         for layer in range(n_layers):
-            d = 1 + CHAIN_FIELDS * layer
-            kind = meta[d]
-            n_in = meta[d + 1]
-            n_out = meta[d + 2]
-            where = meta[d + 3]
-            bias0 = meta[d + 4]
-            relu = meta[d + 5]
+            kind, n_in, n_out, where, bias0, relu = chain_layer(meta, layer)
             if layer == n_layers - 1:
                 dst = out[b]
             else:
@@ -852,13 +1038,13 @@ _X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _simd_module(dtype, simd=None):
-    """The explicit-SIMD kernels (float32 on x86-64), or None for the scalar ones."""
+    """The explicit-SIMD kernels (float32 on x86-64), or None for the scalar ones (and under the numpy backend)."""
     ok = dtype == np.float32 and _X86_64
     if simd is None:
         simd = ok
     elif simd and not ok:
         fail("simd", "False or None (the SIMD kernels need float32 on x86-64)", simd)
-    if not simd:
+    if not simd or not _backend.use_numba():
         return None
     from . import _simd
 
@@ -928,19 +1114,15 @@ def _bias(bias, w):
     return np.ascontiguousarray(bias, dtype=dtype)
 
 
-def _workspace(w, key, make):
-    """Scratch buffers cached on the weight object (no allocation on the hot path; not thread-safe)."""
-    cache = w.__dict__.setdefault("_work", {})
-    buf = cache.get(key)
-    if buf is None:
-        buf = cache[key] = make()
-    return buf
+def _or_none(bias):
+    """The references take ``None`` for no bias; the kernels an empty array (see :func:`_bias`)."""
+    return bias if bias.shape[0] else None
 
 
 def _transposed(x, w):
     """x (B, in) -> xt (in, B) in a scratch buffer cached on ``w``."""
     n_b, n = x.shape
-    xt = _workspace(w, ("xt", n_b, x.dtype.str), lambda: np.empty((n, n_b), dtype=x.dtype))
+    xt = w.workspace.get(("xt", n_b, x.dtype.str), lambda: np.empty((n, n_b), dtype=x.dtype))
     _transpose_into(x, xt)
     return xt
 
@@ -949,14 +1131,15 @@ def _transposed_padded(x, w):
     """x (B, in) -> flat xt with ``xt[j * ldx + b] = x[b, j]``, ``ldx`` = B rounded up to 16 (zero lanes)."""
     n_b, n = x.shape
     ldx = -(-n_b // 16) * 16
-    xt = _workspace(w, ("xtp", n_b, x.dtype.str), lambda: np.zeros((n, ldx), dtype=x.dtype))
+    xt = w.workspace.get(("xtp", n_b, x.dtype.str), lambda: np.zeros((n, ldx), dtype=x.dtype))
     _transpose_into(x, xt)  # writes the first n_b lanes; the padding lanes stay zero
     return xt.reshape(-1), ldx
 
 
 def _transpose_into(x, xt):
+    """xt[:, :B] = x.T: NumPy's copy below PARALLEL_MIN_WORK elements (no thread start-up), the parallel tiles above."""
     n_b, n = x.shape
-    if n_b * n < PARALLEL_MIN_WORK:
+    if n_b * n < _jit.PARALLEL_MIN_WORK:
         xt[:, :n_b] = x.T
     else:
-        transpose_kernel(x, xt)
+        _for_work(transpose_kernel, n_b * n)(x, xt)

@@ -4,7 +4,7 @@ Training stays dense + mask; once a model is pruned, :func:`to_sparse` returns a
 *new* model (the original is left as it was) whose Linear and Conv2d layers run
 on the numba kernels, with the same outputs up to float32 round-off::
 
-    fast = to_sparse(model, format="auto", batch_size=1)
+    fast = to_sparse(model)              # format="auto", inference_batch=1
     with no_grad():
         y = fast(x)
 
@@ -20,6 +20,7 @@ import copy
 
 import numpy as np
 
+from .. import _backend
 from .. import functional as F
 from .. import nn
 from .._validate import check_int, check_number, check_option, fail
@@ -186,32 +187,37 @@ class FusedChain:
         vals = np.empty(n_csr + extra, dtype=dtype)
         cols = np.empty(n_csr, dtype=col_dtype)
         n_layers = len(layers)
-        head = 1 + kernels.CHAIN_FIELDS * n_layers
+        head = kernels.chain_record(n_layers)  # the indptrs start after the last record
         n_ptr = sum(w.shape[0] + 1 for w in csr_layers)
         meta = np.zeros(head + n_ptr, dtype=np.int64)
         meta[0] = n_layers
         pos_csr, pos_extra, pos_ptr = 0, n_csr, head
+        K = kernels  # the CHAIN_* field offsets, shared with the kernels that read these records
         for li, (w, b, relu) in enumerate(layers):
-            d = 1 + kernels.CHAIN_FIELDS * li
+            d = K.chain_record(li)
             n_out, n_in = w.shape
+            meta[d + K.CHAIN_N_IN] = n_in
+            meta[d + K.CHAIN_N_OUT] = n_out
             if isinstance(w, CSR):
                 vals[pos_csr:pos_csr + w.nnz] = w.data
                 cols[pos_csr:pos_csr + w.nnz] = w.indices
                 meta[pos_ptr:pos_ptr + n_out + 1] = w.indptr.astype(np.int64) + pos_csr
-                meta[d:d + 4] = (kernels.CHAIN_CSR, n_in, n_out, pos_ptr)
+                meta[d + K.CHAIN_KIND] = K.CHAIN_CSR
+                meta[d + K.CHAIN_WHERE] = pos_ptr
                 pos_csr += w.nnz
                 pos_ptr += n_out + 1
             else:
                 vals[pos_extra:pos_extra + w.size] = np.asarray(w).ravel()
-                meta[d:d + 4] = (kernels.CHAIN_DENSE, n_in, n_out, pos_extra)
+                meta[d + K.CHAIN_KIND] = K.CHAIN_DENSE
+                meta[d + K.CHAIN_WHERE] = pos_extra
                 pos_extra += w.size
             if b is None:
-                meta[d + 4] = -1
+                meta[d + K.CHAIN_BIAS] = -1
             else:
                 vals[pos_extra:pos_extra + n_out] = b
-                meta[d + 4] = pos_extra
+                meta[d + K.CHAIN_BIAS] = pos_extra
                 pos_extra += n_out
-            meta[d + 5] = 1 if relu else 0
+            meta[d + K.CHAIN_RELU] = 1 if relu else 0
         self.vals, self.cols, self.meta = vals, cols, meta
         self.in_features = layers[0][0].shape[1]
         self.out_features = layers[-1][0].shape[0]
@@ -219,8 +225,18 @@ class FusedChain:
         self.work = np.zeros(2 * widest, dtype=dtype)
         self.dtype = dtype
         self.nnz = n_csr + sum(w.size for w, _, _ in layers if isinstance(w, np.ndarray))
-        simd = kernels._simd_module(dtype)
-        self._kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
+        self._fast_kernel = None  # chosen on first use under the numba backend (see _kernel)
+
+    @property
+    def _kernel(self):
+        """The chain kernel: the SIMD one for float32 on x86-64, else the scalar one. Under the numpy
+        backend the scalar one, whose NumPy reference then runs (importing the SIMD module imports numba)."""
+        if not _backend.use_numba():
+            return kernels.fused_chain_kernel
+        if self._fast_kernel is None:
+            simd = kernels._simd_module(self.dtype)
+            self._fast_kernel = kernels.fused_chain_kernel if simd is None else simd.fused_chain
+        return self._fast_kernel
 
     def run(self, a, out=None):
         """ndarray ``(B, in)`` -> ``(B, out)``, one kernel call (not thread-safe: shared scratch).
@@ -259,6 +275,8 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
     joined by ``ReLU`` (``Identity``/``Dropout`` are skipped) become a
     :class:`FusedChain`, used when the batch has at most ``fuse_max_batch``
     rows; larger batches go layer by layer through the parallel kernels.
+    ``fuse_max_batch=0`` fuses nothing (``to_sparse(..., fuse=False)``): every
+    child runs on its own, with the same inputs accepted (Tensor or ndarray).
     """
 
     def __init__(self, *modules, fuse_max_batch=8):
@@ -272,7 +290,7 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
         mods = list(self._modules.values())
         segments = {}
         i = 0
-        while i < len(mods):
+        while i < len(mods) and self.fuse_max_batch > 0:
             j, layers, n_sparse = i, [], 0
             while j < len(mods):
                 spec = _linear_spec(mods[j])
@@ -302,7 +320,7 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
 
     def __call__(self, x):
         chain = self._whole
-        if chain is not None and type(x) is Tensor and not self.training:
+        if chain is not None and type(x) is Tensor and not self.training and _backend._current == "numba":
             a = x.data
             if (type(a) is np.ndarray and a.ndim == 2 and a.shape[0] <= self.fuse_max_batch
                     and a.shape[1] == chain.in_features and a.dtype == chain.dtype and a.flags.c_contiguous
@@ -344,8 +362,13 @@ class SparseSequential(_RunsOnArrays, nn.Sequential):
 # ----------------------------------------------------------------------------- to_sparse
 
 
-def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_model, name):
-    """Format for one weight matrix (2-D view), or None to keep it dense."""
+def _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, name, fused=False, conv_in=0):
+    """Format for one weight matrix (2-D view), or None to keep it dense.
+
+    ``rows``: rows of the product (batch, times output pixels for a convolution);
+    ``fused``: the layer would run inside a fused Linear/ReLU chain; ``conv_in``: the
+    im2col width of a convolution (0 for a Linear). See :meth:`CostModel.choose_layer`.
+    """
     size = w.size
     nnz = int(np.count_nonzero(w))
     sparsity = 1 - nnz / size if size else 0.0
@@ -365,7 +388,7 @@ def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_mo
         return "bsr"
     if format == "csr":
         return "csr"
-    # auto: ask the cost model which format is fastest at this batch size
+    # auto: ask the cost model whether a sparse format clearly beats dense for this layer
     stored = {"dense": size, "csr": nnz}
     r, c = (block_size, block_size) if np.isscalar(block_size) else block_size
     if w.shape[0] % r == 0 and w.shape[1] % c == 0:
@@ -373,8 +396,11 @@ def _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_mo
         stored["bsr"] = int(np.any(tiles != 0, axis=(1, 3)).sum()) * r * c
     if w.shape[1] % m == 0 and not np.any((w.reshape(w.shape[0], -1, m) != 0).sum(axis=2) > n):
         stored["nm"] = size * n // m
-    best = cost_model.choose(stored, batch_size)
+    best = cost_model.choose_layer(stored, rows, fused=fused, conv_elements=rows * conv_in)
     return None if best == "dense" else best
+
+
+PIXELS_PER_IMAGE = 64  # output pixels per image assumed for a convolution (to_sparse does not see the input size)
 
 
 def _replace(parent, name, module):
@@ -383,53 +409,74 @@ def _replace(parent, name, module):
     object.__setattr__(parent, name, module)
 
 
-def to_sparse(model, format="csr", min_sparsity=0.5, block_size=16, n=2, m=4, batch_size=1,
+def to_sparse(model, format="auto", *, min_sparsity=0.5, block_size=16, n=2, m=4, inference_batch=1,
               cost_model=None, fuse=True, fuse_max_batch=8):
-    """A new inference model whose Linear/Conv2d layers run on the sparse (or int8) kernels.
+    """A new inference model whose Linear/Conv2d layers (and their subclasses) run on the sparse (or int8) kernels.
 
-    ``format``: "csr", "bsr" (``block_size`` must divide every converted layer),
-    "nm" (every layer must have the ``n:m`` pattern), "int8" (per-row int8
-    weights; outputs change by the quantization error), or "auto": per layer,
-    the format the cost model predicts fastest at ``batch_size`` rows (Conv2d:
-    rows = batch x output pixels); a layer that would be slower sparse stays dense.
-    Layers with sparsity below ``min_sparsity`` stay dense (except for "nm"/"int8").
+    ``format``: "auto" (the default): per layer, the format the cost model
+    (:mod:`prunekit.sparse.costmodel`) predicts fastest at ``inference_batch`` rows
+    (Conv2d: rows = batch x 64 output pixels), counting what a sparse module costs
+    around its kernel; a layer stays dense unless sparse is predicted clearly
+    (1.2x) faster, so the default never makes a model slower. Measured on the
+    shared 2-core machine (busy, so indicative; medians of interleaved runs): LeNet-5
+    pruned to 90%, batch 1, ran at 0.67-0.82x the dense model's speed with "csr"
+    (the old default: its sparse convolutions cost more than they save) and at
+    1.04-1.20x with "auto", which keeps the convolutions dense and fuses the three
+    Linear layers into one call, with and without one core held by a busy loop
+    (``python benchmarks/kernels.py --lenet5``).
+    "csr", "bsr" (``block_size`` must divide every converted layer), "nm" (every
+    layer must have the ``n:m`` pattern), "int8" (per-row int8 weights; outputs
+    change by the quantization error) force one format. Layers with sparsity
+    below ``min_sparsity`` stay dense (except for "nm"/"int8").
+    ``inference_batch``: the batch you expect to run the model at (the cost model's rows).
     ``fuse``: Sequential runs of Linear/ReLU become one numba call for batches
-    of at most ``fuse_max_batch`` rows. The original model is not modified.
+    of at most ``fuse_max_batch`` rows. With ``fuse=False`` the Sequentials are still
+    converted to :class:`SparseSequential` (fusing nothing), so both accept the same
+    inputs: a Tensor or an ndarray, batch 1 or B, 1-D where the layers allow it.
+    The original model is not modified.
     """
     if not isinstance(model, nn.Module):
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
     check_option("format", format, FORMATS + ("auto",))
     check_number("min_sparsity", min_sparsity, 0, 1)
-    check_int("batch_size", batch_size, low=1)
+    check_int("inference_batch", inference_batch, low=1)
     check_int("n", n, low=1)
     check_int("m", m, low=1)
+    check_int("fuse_max_batch", fuse_max_batch, low=0)
+    if not isinstance(fuse, bool):
+        fail("fuse", "True or False", fuse, TypeError)
     if cost_model is None:
         cost_model = DEFAULT
     elif not isinstance(cost_model, CostModel):
         fail("cost_model", "None or a CostModel", type(cost_model).__name__, TypeError)
+    max_batch = fuse_max_batch if fuse else 0
     new = copy.deepcopy(model)
     new.eval()
 
     def convert(mod, prefix):
+        # a Linear directly in a Sequential runs inside a fused chain when the expected batch is small enough
+        fused = type(mod) is nn.Sequential and inference_batch <= max_batch
         for name, child in list(mod.named_children()):
             full = f"{prefix}.{name}" if prefix else name
-            if type(child) is nn.Linear:
+            if isinstance(child, nn.Linear):
                 w = child.weight.data
-                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, batch_size, cost_model, full)
+                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, inference_batch, cost_model, full,
+                                    fused=fused)
                 if fmt is not None:
                     _replace(mod, name, SparseLinear.from_linear(child, fmt, block_size, n, m))
-            elif type(child) is nn.Conv2d:
+            elif isinstance(child, nn.Conv2d):
                 w = child.weight.data.reshape(child.out_channels, -1)
-                rows = batch_size * 64  # a typical number of output pixels per image
-                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, full)
+                rows = inference_batch * PIXELS_PER_IMAGE
+                fmt = _layer_choice(w, format, min_sparsity, block_size, n, m, rows, cost_model, full,
+                                    conv_in=w.shape[1])
                 if fmt is not None:
                     _replace(mod, name, SparseConv2d.from_conv(child, fmt, block_size, n, m))
             else:
                 convert(child, full)
-                if fuse and type(child) is nn.Sequential:
-                    _replace(mod, name, SparseSequential(*child._modules.values(), fuse_max_batch=fuse_max_batch))
+                if type(child) is nn.Sequential:
+                    _replace(mod, name, SparseSequential(*child._modules.values(), fuse_max_batch=max_batch))
 
     convert(new, "")
-    if fuse and type(new) is nn.Sequential:
-        new = SparseSequential(*new._modules.values(), fuse_max_batch=fuse_max_batch)
+    if type(new) is nn.Sequential:
+        new = SparseSequential(*new._modules.values(), fuse_max_batch=max_batch)
     return new
