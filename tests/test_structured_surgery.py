@@ -314,3 +314,18 @@ def test_notebook_05_checks_accept_the_reference_and_reject_wrong_answers(capsys
     assert ns["check_exercise_2"](lambda c_in, c_out, k, h, w: c_in * c_out * k * k * h * w)
     assert not ns["check_exercise_2"](lambda c_in, c_out, k, h, w: c_out * k * k * h * w)
     assert "Not yet" in capsys.readouterr().out
+
+
+def test_rows_masked_without_their_batchnorm_are_not_cut():
+    # whole filters masked by hand, but the BatchNorm after them still adds beta: not removable
+    model = _randomise_bn(vgg_small(seed=0, width=4))
+    mask = np.ones(model[0].weight.shape, np.float32)
+    mask[:2] = 0
+    pk.pruning.set_mask(model[0].weight, mask)
+    with pytest.raises(ValueError, match="no removed neuron or filter"):
+        shrink(model, X28)
+    for p in (model[1].weight, model[1].bias):
+        pk.pruning.set_mask(p, np.array([0, 0, 1, 1], np.float32))
+    small = shrink(model, X28)
+    assert small[0].out_channels == 2 and small[1].num_features == 2
+    np.testing.assert_allclose(_out(small, X28), _out(model, X28), rtol=1e-4, atol=1e-5)

@@ -177,7 +177,8 @@ class StructuredReport:
 
 # ------------------------------------------------------------------ unit scores
 def _removed_units(g, modules):
-    """Bool per unit: every row that produces it is masked to 0 (weight and bias)."""
+    """Bool per unit: every row that produces it is masked to 0 (weight and bias), and so are the
+    gamma and beta of every BatchNorm entry it passes through (else its output would not be 0)."""
     removed = np.ones(g.n_units, dtype=bool)
     for name, units in g.producers.items():
         layer = modules[name]
@@ -191,6 +192,14 @@ def _removed_units(g, modules):
                 live = np.zeros(g.n_units, dtype=bool)
                 np.logical_or.at(live, units, ~dead)
                 removed &= ~live
+    for name, (pos, units) in g.norms.items():   # a BatchNorm after it must output 0 too
+        bn = modules[name]
+        if bn.weight is None:
+            removed[units] = False
+            continue
+        for p in (bn.weight, bn.bias):
+            off = p.data[pos] != 0 if p.mask is None else p.mask[pos] != 0
+            removed[units[off]] = False
     return removed
 
 
