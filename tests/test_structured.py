@@ -308,3 +308,29 @@ def test_cat_backward_splits_the_gradient():
     p, q = (pk.Tensor(np.random.default_rng(i).normal(size=(2, c, 1, 1)), requires_grad=True)
             for i, c in ((0, 2), (1, 1)))
     assert pk.gradcheck(lambda p, q: cat([p, q]) ** 2, [p, q])
+
+
+def test_group_of_an_unknown_layer_names_the_valid_ones():
+    graph = dependency_groups(pk.models.mlp([4, 3, 2], seed=0))
+    with pytest.raises(KeyError, match=r"group_of\(\): layer must be the name of a Linear or Conv2d .*'0', '2'"):
+        graph.group_of("1")
+
+
+def test_trace_leaves_the_model_as_it_was_and_refuses_shared_layers():
+    model = vgg_small(seed=0, width=2).train()
+    stats = [m.running_mean.copy() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    dependency_groups(model, X28)
+    assert model.training and all(m.training for m in model.modules())
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all(np.array_equal(a, m.running_mean) for a, m in
+               zip(stats, [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4, seed=0)
+
+        def forward(self, x):
+            return self.a(self.a(x))
+    with pytest.raises(ValueError, match="layer 'a' called twice"):
+        dependency_groups(Twice())

@@ -312,8 +312,8 @@ class DependencyGraph:
         for g in self.groups:
             if layer in g.producers:
                 return g
-        fail("layer", f"the name of a Linear or Conv2d of the model ({list(g0 for g in self.groups for g0 in g.producers)})",
-             layer, KeyError)
+        names = [name for g in self.groups for name in g.producers]
+        fail("layer", f"the name of a Linear or Conv2d of the model (one of {names})", layer, KeyError)
 
     def __repr__(self):
         lines = [f"DependencyGraph: {len(self.groups)} groups"]
