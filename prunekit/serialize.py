@@ -14,8 +14,9 @@ Two files, both free of pickle:
 :func:`load_model` checks the hash before building anything, builds the whole model,
 loads the weights strictly, and only then returns it: a tampered or truncated file
 raises a ``ValueError`` and leaves nothing half-built. A module type that is not
-built in (your own ``nn.Module`` subclass) is refused by name at save time, because
-its ``forward`` is code, and code is not data.
+built in (your own ``nn.Module`` subclass) is refused by name, because its
+``forward`` is code, and code is not data: at save time, or, when saved with
+``allow_custom=True`` (the weights are still written), at load time.
 """
 from __future__ import annotations
 
@@ -67,8 +68,12 @@ def _known_types():
     return {_type_name(c): c for c in (*_LEAVES, *_containers())}
 
 
-def architecture(model):
-    """The architecture tree of ``model`` as plain JSON data (types, constructor arguments, children)."""
+def architecture(model, allow_custom=False):
+    """The architecture tree of ``model`` as plain JSON data (types, constructor arguments, children).
+
+    A module type that is not built in is refused (``TypeError`` naming it), or with
+    ``allow_custom=True`` recorded by name only, so that :func:`load_model` can name it.
+    """
     cls = type(model)
     if cls in _LEAVES:
         if model._modules:
@@ -76,7 +81,9 @@ def architecture(model):
         return {"type": _type_name(cls), "config": _LEAVES[cls](model)}
     if cls in _containers():
         return {"type": _type_name(cls),
-                "children": [[name, architecture(child)] for name, child in model.named_children()]}
+                "children": [[name, architecture(child, allow_custom)] for name, child in model.named_children()]}
+    if allow_custom:
+        return {"type": _type_name(cls), "custom": True}
     known = ", ".join(sorted(c.__name__ for c in _known_types().values()))
     fail("model", f"made of prunekit's built-in module types ({known}); save the weights with "
          f"nn.save and rebuild a custom module yourself", f"a module of type {_type_name(cls)!r}", TypeError)
@@ -89,7 +96,9 @@ def build(spec):
     known = _known_types()
     cls = known.get(spec["type"])
     if cls is None:
-        fail("spec", f"a built-in module type ({', '.join(sorted(known))})", repr(spec["type"]))
+        fail("model", "made of prunekit's built-in module types to be rebuilt from its file (for your own "
+             "module type, build the model yourself and load the weights with nn.load_state)",
+             f"a module of type {spec['type']!r}", TypeError)
     if cls in _LEAVES:
         config = spec.get("config", {})
         if not isinstance(config, dict):
@@ -124,16 +133,17 @@ def _digest(weights: bytes, arch) -> str:
     return h.hexdigest()
 
 
-def save_model(model, path):
+def save_model(model, path, *, allow_custom=False):
     """Write ``<path>.npz`` (the state dict) and ``<path>.json`` (architecture + SHA-256); return the two paths.
 
-    Only prunekit's built-in module types can be saved this way (a custom type gets
-    a ``TypeError`` naming it). Both files are written to temporary names first and
+    Only prunekit's built-in module types can be rebuilt: a custom type gets a
+    ``TypeError`` naming it, here, or (``allow_custom=True``, for ``nn.save``, which
+    must keep saving any model's weights) when :func:`load_model` meets it. Both files are written to temporary names first and
     renamed, so a crash never leaves a half-written pair.
     """
     if not isinstance(model, nn.Module):
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
-    arch = architecture(model)
+    arch = architecture(model, allow_custom)
     buf = io.BytesIO()
     np.savez(buf, **model.state_dict())
     weights = buf.getvalue()

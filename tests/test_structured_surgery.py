@@ -195,8 +195,19 @@ def test_tampered_or_truncated_files_are_refused(tmp_path, damage):
         serialize.load_model(tmp_path / "m")
 
 
-def test_build_refuses_unknown_types():
-    with pytest.raises(ValueError, match="built-in module type"):
+def test_custom_types_recorded_by_name_are_refused_at_load(tmp_path):
+    class Mine(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = nn.Sequential(nn.Linear(2, 2, seed=0), Mine())
+    npz, _ = serialize.save_model(model, tmp_path / "m", allow_custom=True)
+    with pytest.raises(TypeError, match=r"load_model\(\): model must be made of prunekit's built-in.*Mine"):
+        serialize.load_model(npz)
+    target = nn.Sequential(nn.Linear(2, 2, seed=1), Mine())
+    nn.load_state(target, npz)                              # the weights are still readable
+    assert np.array_equal(target[0].weight.data, model[0].weight.data)
+    with pytest.raises(TypeError, match=r"build\(\): model must be made of .*'os.system'"):
         serialize.build({"type": "os.system", "config": {}})
 
 
