@@ -21,7 +21,9 @@ def _block(c_in, c_out, rng):
 
 
 def vgg_small(seed=None, width=16, num_classes=10, in_channels=1) -> nn.Sequential:
-    """VGG-style CNN for (N, in_channels, 28, 28): [w, w] pool [2w, 2w] pool [4w] pool, Linear(4w*9, 4w), Linear(4w, classes).
+    """VGG-style CNN for (N, in_channels, 28, 28): [w, w] pool [2w, 2w] pool [4w] pool, then 2 Linear layers.
+
+    The classifier is Linear(4w * 3 * 3, 4w), ReLU, Linear(4w, num_classes).
 
     With ``width=16``: 72,602 parameters and 5.6 M multiply-adds per image.
     """

@@ -138,8 +138,9 @@ def save_model(model, path, *, allow_custom=False):
 
     Only prunekit's built-in module types can be rebuilt: a custom type gets a
     ``TypeError`` naming it, here, or (``allow_custom=True``, for ``nn.save``, which
-    must keep saving any model's weights) when :func:`load_model` meets it. Both files are written to temporary names first and
-    renamed, so a crash never leaves a half-written pair.
+    must keep saving any model's weights) when :func:`load_model` meets it. Both files
+    are written to temporary names first and renamed, so a crash never leaves a
+    half-written pair.
     """
     if not isinstance(model, nn.Module):
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)

@@ -72,7 +72,7 @@ class BNL1Penalty(Callback):
 
 
 def slim(model, amount, *, example_input=None, ignored_layers=(), round_to=None):
-    """Remove the fraction ``amount`` of BatchNorm-followed channels with the smallest ``|gamma|``, over the whole model.
+    """Remove the fraction ``amount`` of BatchNorm-followed channels with the smallest ``|gamma|``, model-wide.
 
     The channels are ranked together across layers (Liu et al. 2017 use one global
     threshold); every layer keeps at least one channel. Returns a ``StructuredReport``.

@@ -134,7 +134,8 @@ class StructuredReport:
         fail("layer", f"a producer of one of the groups {[r['producers'] for r in self.rows]}", layer, KeyError)
 
     def __repr__(self):
-        head = f"{'group':>5} {'kind':<8} {'producers':<30} {'units':>6} {'frozen':>6} {'removed':>8} {'new':>5} {'kept':>5}"
+        head = (f"{'group':>5} {'kind':<8} {'producers':<30} {'units':>6} {'frozen':>6} {'removed':>8} "
+                f"{'new':>5} {'kept':>5}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             prod = ", ".join(r["producers"])
