@@ -1,6 +1,7 @@
 """Structured pruning: dependency groups, unit masks, counting rules, group scores, N:M, bad input."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import prunekit as pk
 from prunekit import nn
@@ -334,3 +335,23 @@ def test_trace_leaves_the_model_as_it_was_and_refuses_shared_layers():
             return self.a(self.a(x))
     with pytest.raises(ValueError, match="layer 'a' called twice"):
         dependency_groups(Twice())
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(2, 8), data=st.data())
+def test_nm_mask_property(m, data):
+    n = data.draw(st.integers(1, m - 1))
+    rows, groups = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    scores = np.array(data.draw(st.lists(st.integers(0, 3), min_size=rows * groups * m, max_size=rows * groups * m)),
+                      dtype=float).reshape(rows, groups * m)       # small ints: many ties
+    keep = nm_mask(scores, n, m).reshape(rows, groups, m)
+    s = scores.reshape(rows, groups, m)
+    assert (keep.sum(axis=-1) == n).all()
+    assert (np.where(keep, s, np.inf).min(axis=-1) >= np.where(keep, -np.inf, s).max(axis=-1)).all()
+    # ties: among equal scores at the cut, the dropped ones have the lower indices
+    for r, g in np.ndindex(rows, groups):
+        cut = np.where(keep[r, g], s[r, g], np.inf).min()
+        tied = np.flatnonzero(s[r, g] == cut)
+        dropped = [i for i in tied if not keep[r, g, i]]
+        kept = [i for i in tied if keep[r, g, i]]
+        assert not dropped or not kept or max(dropped) < min(kept)
