@@ -1,0 +1,187 @@
+"""Deep Compression: k-means weight sharing, Huffman coding, size accounting, the compressed file.
+
+The k-means is checked against a plain Lloyd's iteration written here with the full
+distance table (the library's uses a binary search among midpoints); the centroid
+gradient against a grouped sum worked out by hand and against finite differences.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import prunekit as pk
+from prunekit import nn, quant
+from prunekit import pruning as P
+from prunekit.quant.kmeans import _gather
+from prunekit.tensor import Tensor
+
+from gradhelpers import check_grads
+
+
+# ------------------------------------------------------------------ k-means
+def lloyd_reference(x, centroids, max_iter):
+    """Plain Lloyd: full distance table, argmin, means; an emptied centroid stays; sorted each round."""
+    c = np.sort(np.asarray(centroids, np.float64))
+    for _ in range(max_iter):
+        labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        new = c.copy()
+        for j in range(len(c)):
+            if np.any(labels == j):
+                new[j] = x[labels == j].mean()
+        new = np.sort(new)
+        if np.array_equal(new, c):
+            break
+        c = new
+    return c, np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+
+
+@pytest.mark.parametrize("k, max_iter", [(2, 1), (4, 3), (8, 50), (32, 100)])
+def test_kmeans_matches_plain_lloyd(k, max_iter):
+    rng = np.random.default_rng(k)
+    x = np.concatenate([rng.normal(-0.3, 0.05, 400), rng.normal(0.2, 0.1, 600), rng.laplace(0, 0.02, 200)])
+    c, labels = quant.kmeans_1d(x, k, max_iter=max_iter)
+    ref_c, ref_labels = lloyd_reference(x, np.linspace(x.min(), x.max(), k), max_iter)
+    np.testing.assert_allclose(c, ref_c, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert len(c) == k and np.all(np.diff(c) >= 0)
+
+
+def test_kmeans_hand_computed():
+    # linear init on [0, 10] with 2 clusters: 0 and 10; midpoint 5 -> {0, 1, 2} and {9, 10}
+    c, labels = quant.kmeans_1d([0, 1, 2, 9, 10], 2)
+    np.testing.assert_allclose(c, [1.0, 9.5])
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1])
+    # a tie (3 is 2 away from both 1 and 5) goes to the lower centroid, as argmin does
+    c, labels = quant.kmeans_1d([1, 3, 5], 2, max_iter=0)
+    np.testing.assert_array_equal(labels, [0, 0, 1])
+
+
+def test_kmeans_inits_and_seed():
+    x = np.random.default_rng(0).standard_normal(500)
+    a = quant.kmeans_1d(x, 8, init="random", seed=3)
+    b = quant.kmeans_1d(x, 8, init="random", seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    d, _ = quant.kmeans_1d(x, 8, init="density", max_iter=0)
+    np.testing.assert_allclose(d, np.quantile(x, np.linspace(0, 1, 8)))
+    # fewer distinct values than clusters: each value is its own centroid, exactly
+    c, labels = quant.kmeans_1d([0.5, -1.0, 0.5], 4)
+    np.testing.assert_array_equal(c[labels], [0.5, -1.0, 0.5])
+    assert len(c) == 4
+
+
+def test_kmeans_bad_input():
+    with pytest.raises(ValueError, match="'n_clusters'"):
+        quant.kmeans_1d([1.0, 2.0], 0)
+    with pytest.raises(ValueError, match="'init'"):
+        quant.kmeans_1d([1.0, 2.0], 2, init="forgy")
+    with pytest.raises(ValueError, match="'values'.*non-empty"):
+        quant.kmeans_1d([], 2)
+    with pytest.raises(ValueError, match="'values'.*finite"):
+        quant.kmeans_1d([1.0, np.nan], 2)
+
+
+def pruned_mlp(seed=0, amount=0.7):
+    m = pk.models.mlp([12, 16, 4], seed=seed)
+    P.prune(m, amount)
+    return m
+
+
+def test_share_weights_cluster_count_and_zeros():
+    m = pruned_mlp()
+    before = [m[0].weight.data.copy(), m[2].weight.data.copy()]
+    masks = [m[0].weight.mask.copy(), m[2].weight.mask.copy()]
+    report = quant.share_weights(m, bits={"0": 3, "2": 2})
+    assert isinstance(m[0], quant.SharedWeights) and isinstance(m[2], quant.SharedWeights)
+    assert m[0].codebook.shape == (8,) and m[2].codebook.shape == (4,)
+    assert report["0"]["clusters"] == 8 and report["2"]["bits"] == 2
+    for layer, w, mask in zip((m[0], m[2]), before, masks):
+        dense = layer.dense_weight()
+        assert np.all(dense[mask == 0] == 0.0)                       # pruned stay exactly zero
+        assert len(np.unique(dense[mask == 1])) <= layer.codebook.shape[0]
+        # each kept weight moved to its nearest centroid
+        c = layer.codebook.data
+        nearest = c[np.argmin(np.abs(w[mask == 1][:, None] - c[None, :]), axis=1)]
+        np.testing.assert_allclose(dense[mask == 1], nearest)
+    assert "clusters" in repr(report) and "<table>" in report._repr_html_()
+
+
+def test_share_weights_is_deterministic():
+    a, b = pruned_mlp(), pruned_mlp()
+    quant.share_weights(a, 4, init="random", seed=1)
+    quant.share_weights(b, 4, init="random", seed=1)
+    np.testing.assert_array_equal(a[0].codebook.data, b[0].codebook.data)
+    np.testing.assert_array_equal(a[0].indices, b[0].indices)
+
+
+def test_shared_forward_equals_dense_layer():
+    m = pruned_mlp()
+    quant.share_weights(m, 3)
+    x = np.random.default_rng(1).standard_normal((5, 12)).astype(np.float32)
+    ref = np.maximum(x @ m[0].dense_weight().T + m[0].bias.data, 0) @ m[2].dense_weight().T + m[2].bias.data
+    np.testing.assert_allclose(m(Tensor(x)).data, ref, rtol=1e-5, atol=1e-6)
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, seed=0))
+    plain = conv[0].weight.data.copy()
+    quant.share_weights(conv, 8)
+    xi = np.random.default_rng(2).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    ref = pk.functional.conv2d(Tensor(xi), Tensor(conv[0].dense_weight()), conv[0].bias, 1, 1).data
+    np.testing.assert_allclose(conv(Tensor(xi)).data, ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(conv[0].dense_weight() - plain).max() < 0.01   # 256 centroids for 54 weights: close
+
+
+def test_centroid_gradient_is_grouped_sum_hand_computed():
+    codebook = Tensor(np.array([-1.0, 0.5, 2.0]), requires_grad=True)
+    indices = np.array([[0, 2, 1], [1, 1, 0]])
+    mask = np.array([[True, True, False], [True, True, True]])
+    w = _gather(codebook, indices, mask)
+    np.testing.assert_array_equal(w.data, [[-1.0, 2.0, 0.0], [0.5, 0.5, -1.0]])
+    g = np.array([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
+    w.backward(g)
+    # centroid 0: positions (0,0), (1,2) -> 1 + 5; centroid 1: (1,0), (1,1) -> 3 + 4 (the pruned (0,2) adds nothing);
+    # centroid 2: (0,1) -> 2
+    np.testing.assert_array_equal(codebook.grad, [6.0, 7.0, 2.0])
+
+
+def test_centroid_gradient_finite_differences():
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 4, (3, 5))
+    mask = rng.random((3, 5)) > 0.3
+    x = Tensor(rng.standard_normal((2, 5)))
+    codebook = Tensor(rng.standard_normal(4), requires_grad=True)
+    check_grads(lambda c: pk.functional.linear(x, _gather(c, indices, mask)), codebook)
+
+
+def test_centroid_finetuning_reduces_loss_and_keeps_structure():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 12)).astype(np.float32)
+    teacher = pk.models.mlp([12, 16, 4], seed=5)
+    y = pk.train.predict(teacher, x).argmax(axis=1)
+    m = pk.models.mlp([12, 16, 4], seed=0)
+    pk.fit(m, pk.data.DataLoader(x, y, 32, shuffle=True, seed=0),
+           pk.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), 20, progress=False)
+    P.prune(m, 0.6)
+    quant.share_weights(m, 2)
+    indices = [m[0].indices.copy(), m[2].indices.copy()]
+    zeros = [m[0].dense_weight() == 0, m[2].dense_weight() == 0]
+    before = pk.evaluate(m, (x, y))["loss"]
+    params = quant.codebooks(m)
+    assert len(params) == 2
+    pk.fit(m, pk.data.DataLoader(x, y, 32, shuffle=True, seed=0), pk.optim.SGD(params, lr=0.05), 10,
+           progress=False)
+    after = pk.evaluate(m, (x, y))["loss"]
+    assert after < before * 0.9
+    for layer, idx, z in zip((m[0], m[2]), indices, zeros):
+        np.testing.assert_array_equal(layer.indices, idx)       # only the centroids moved
+        assert np.all(layer.dense_weight()[~layer.mask] == 0.0)
+        assert np.all(layer.dense_weight()[z & ~layer.mask] == 0.0)
+
+
+def test_share_weights_bad_input():
+    m = pruned_mlp()
+    with pytest.raises(ValueError, match="'bits'"):
+        quant.share_weights(m, 0)
+    with pytest.raises(ValueError, match="'bits'"):
+        quant.share_weights(m, {"7": 3})
+    with pytest.raises(TypeError, match="'model'"):
+        quant.share_weights("not a model")
+    with pytest.raises(ValueError, match="'indices'"):
+        quant.SharedWeights(np.zeros(2), np.array([[0, 2]]), np.ones((1, 2), bool))
