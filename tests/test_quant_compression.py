@@ -185,3 +185,111 @@ def test_share_weights_bad_input():
         quant.share_weights("not a model")
     with pytest.raises(ValueError, match="'indices'"):
         quant.SharedWeights(np.zeros(2), np.array([[0, 2]]), np.ones((1, 2), bool))
+
+
+# ------------------------------------------------------------------ Huffman
+from prunekit.quant import huffman as H  # noqa: E402
+
+
+def test_code_lengths_hand_computed_and_optimal():
+    # the classic example (Cormen et al., section 16.3): a:45 b:13 c:12 d:16 e:9 f:5
+    # merges: e+f=14, c+b=25, 14+d=30, 25+30=55, a+55=100 -> a:1, b,c,d:3, e,f:4
+    counts = np.array([45, 13, 12, 16, 9, 5])
+    lengths = H.code_lengths(counts)
+    np.testing.assert_array_equal(lengths, [1, 3, 3, 3, 4, 4])
+    assert int((counts * lengths).sum()) == 224          # vs 300 bits for a fixed 3-bit code
+    codes = H.canonical_codes(lengths)
+    # canonical: a=0, b=100, c=101, d=110, e=1110, f=1111
+    np.testing.assert_array_equal(codes, [0b0, 0b100, 0b101, 0b110, 0b1110, 0b1111])
+    s = H.huffman_encode(np.repeat(np.arange(6), counts))
+    assert s.nbits == 224 and s.nbytes == 28 + 6
+
+
+def brute_force_optimal_cost(counts):
+    """The cheapest prefix code by trying every length vector that satisfies Kraft (tiny alphabets)."""
+    import itertools
+    best = None
+    n = len(counts)
+    for lens in itertools.product(range(1, n + 1), repeat=n):
+        if sum(2.0 ** -l for l in lens) <= 1:
+            cost = sum(c * l for c, l in zip(counts, lens))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@settings(max_examples=20)
+@given(st.lists(st.integers(1, 50), min_size=2, max_size=5))
+def test_code_lengths_match_brute_force_optimum(counts):
+    lengths = H.code_lengths(np.array(counts))
+    assert int(np.dot(counts, lengths)) == brute_force_optimal_cost(counts)
+    assert np.isclose(np.sum(2.0 ** -lengths.astype(float)), 1.0)   # a complete code
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(0, 5))
+def test_huffman_round_trip(symbols, extra):
+    symbols = np.array(symbols, dtype=np.int64)
+    n = (int(symbols.max()) + 1 if symbols.size else 0) + extra
+    s = H.huffman_encode(symbols, n)
+    np.testing.assert_array_equal(H.huffman_decode(s), symbols)
+    assert s.lengths.size == n
+    if symbols.size:
+        p = np.bincount(symbols) / symbols.size
+        entropy = -np.sum(p[p > 0] * np.log2(p[p > 0]))
+        assert entropy - 1e-9 <= s.bits_per_symbol < max(entropy, 1.0) + 1   # H <= L < H + 1 (>= 1 bit)
+
+
+def test_huffman_degenerate_inputs():
+    empty = H.huffman_encode([])
+    assert empty.count == 0 and empty.nbits == 0 and empty.nbytes == 0
+    assert H.huffman_decode(empty).size == 0
+    one = H.huffman_encode([7, 7, 7, 7, 7])
+    assert one.nbits == 5 and one.lengths[7] == 1 and one.lengths[:7].sum() == 0
+    np.testing.assert_array_equal(one.to_symbols(), [7] * 5)
+    single = H.huffman_encode([0])
+    np.testing.assert_array_equal(single.to_symbols(), [0])
+
+
+def test_huffman_corrupt_and_bad_input():
+    s = H.huffman_encode(np.array([0, 1, 2, 2, 2, 3, 3, 1, 0, 2]))
+    short = H.HuffmanStream(s.data, s.lengths, s.count + 3, s.nbits)
+    with pytest.raises(ValueError, match="corrupt"):
+        short.to_symbols()
+    with pytest.raises(ValueError, match="'data'"):
+        H.HuffmanStream(s.data[:-1], s.lengths, s.count, s.nbits)
+    with pytest.raises(ValueError, match="'lengths'.*prefix code"):
+        H.HuffmanStream(s.data, np.array([1, 1, 1], np.uint8), s.count, s.nbits)
+    with pytest.raises(ValueError, match="'symbols'"):
+        H.huffman_encode([-1, 2])
+    with pytest.raises(ValueError, match="'symbols'"):
+        H.huffman_encode([0, 5], n_symbols=3)
+    with pytest.raises(TypeError, match="'stream'"):
+        H.huffman_decode(b"abc")
+
+
+def test_relative_indices_hand_computed():
+    # 3-bit gaps as in the paper's figure 2: at most 7 positions skipped per entry
+    gaps, real = H.to_relative([1, 4, 12, 13, 30], 3)
+    # 1: skip 1 | 4: skip 2 | 12: skip 7 -> exactly the max, no filler | 13: skip 0 |
+    # 30: skip 16 -> filler at 21 (skip 7), filler at 29 (skip 7), then 30 (skip 0)
+    np.testing.assert_array_equal(gaps, [1, 2, 7, 0, 7, 7, 0])
+    np.testing.assert_array_equal(real, [1, 1, 1, 1, 0, 0, 1])
+    np.testing.assert_array_equal(H.from_relative(gaps), [1, 4, 12, 13, 21, 29, 30])
+
+
+@settings(max_examples=40)
+@given(st.sets(st.integers(0, 2000), max_size=200), st.integers(1, 6))
+def test_relative_indices_round_trip(positions, gap_bits):
+    positions = np.array(sorted(positions), dtype=np.int64)
+    gaps, real = H.to_relative(positions, gap_bits)
+    assert gaps.size == 0 or gaps.max() <= 2 ** gap_bits - 1
+    np.testing.assert_array_equal(H.from_relative(gaps)[real], positions)
+    if real.size:
+        assert real[-1]       # a filler is never the last entry
+
+
+def test_relative_indices_bad_input():
+    with pytest.raises(ValueError, match="'positions'"):
+        H.to_relative([3, 1], 4)
+    with pytest.raises(ValueError, match="'gap_bits'"):
+        H.to_relative([1], 0)
