@@ -293,3 +293,174 @@ def test_relative_indices_bad_input():
         H.to_relative([3, 1], 4)
     with pytest.raises(ValueError, match="'gap_bits'"):
         H.to_relative([1], 0)
+
+
+# ------------------------------------------------------------------ size accounting and the file
+import json  # noqa: E402
+import os  # noqa: E402
+import zipfile  # noqa: E402
+
+from prunekit.quant import report as R  # noqa: E402
+
+
+def tiny_shared_model():
+    """One Linear(8, 2) keeping flat positions 0, 5, 15 with values 0.5, -0.5, 0.5, shared with 1 bit."""
+    layer = nn.Linear(8, 2, seed=0)
+    w = np.zeros(16, np.float32)
+    w[[0, 5, 15]] = [0.5, -0.5, 0.5]
+    layer.weight.data[...] = w.reshape(2, 8)
+    P.set_mask(layer.weight, (w != 0).reshape(2, 8))
+    m = nn.Sequential(layer)
+    quant.share_weights(m, 1)
+    return m
+
+
+def test_report_hand_computed_bytes():
+    m = tiny_shared_model()
+    np.testing.assert_array_equal(m[0].codebook.data, [-0.5, 0.5])
+    r = quant.compression_report(m, gap_bits=2)
+    # 2-bit relative indices (at most 3 positions skipped per entry): 0 -> skip 0 |
+    # 5 -> skip 4: a filler skips 1, 2, 3 and sits at 4, then 5 with skip 0 |
+    # 15 -> skip 9: fillers at 9 and 13, then 15 with skip 1.   gaps [0, 3, 0, 3, 3, 1], 3 fillers.
+    assert r.layers[0]["kept"] == 3 and r.layers[0]["fillers"] == 3
+    assert r.bytes["dense"] == 16 * 4 + 2 * 4                     # weights + bias, float32
+    assert r.bytes["pruned"] == 6 * 4 + 2 + 8                     # 6 float32 entries, 6 x 2 bits, bias
+    # k-means: 2 centroids + the filler zero = 3 symbols -> 2-bit indices; 8-byte codebook
+    assert r.parts["kmeans"] == {"values": 2, "indices": 2, "codebook": 8, "other": 8}
+    # Huffman, gaps [0, 3, 0, 3, 3, 1]: counts {0: 2, 1: 1, 3: 3} -> lengths 2, 2, 1 -> 9 bits = 2 bytes,
+    # plus a 4-entry length table; symbols [1, 2, 0, 2, 2, 1] (2 = filler): {0: 1, 1: 2, 2: 3} -> 9 bits
+    # = 2 bytes, plus a 3-entry table
+    assert r.parts["huffman"] == {"values": 2 + 3, "indices": 2 + 4, "codebook": 8, "other": 8}
+    assert r.bytes["huffman"] == 27
+    assert r.ratio("dense") == 1.0 and r.ratio("huffman") == 72 / 27
+
+
+def test_report_file_stage_is_the_measured_file(tmp_path):
+    m = pk.models.mlp([200, 100, 10], seed=0)
+    P.prune(m, 0.8)
+    quant.share_weights(m, 3)
+    r = quant.compression_report(m)
+    path = tmp_path / "m.npz"
+    n = quant.save_compressed(m, path)
+    assert n == os.path.getsize(path) == r.bytes["file"]
+    assert r.parts["file"]["container"] == r.bytes["file"] - r.bytes["huffman"] > 0
+    assert r.bytes["dense"] > r.bytes["pruned"] > r.bytes["kmeans"] > r.bytes["huffman"]
+    text = repr(r)
+    assert "huffman" in text and "container" in text and "<table>" in r._repr_html_()
+    import matplotlib
+    matplotlib.use("Agg")
+    ax = r.plot()
+    assert ax.get_ylabel().startswith("size (KiB")
+    # plain numpy opens it, without pickle
+    with np.load(path, allow_pickle=False) as f:
+        assert sorted(f.files) == ["manifest.json", "payload"]
+        assert f["payload"].dtype == np.uint8
+
+
+def test_report_counts_every_overhead_against_naive_figure():
+    m = pk.models.lenet_300_100(seed=0)
+    P.prune(m, 0.9)
+    quant.share_weights(m, 5)
+    r = quant.compression_report(m)
+    kept = sum(int(layer.mask.sum()) for layer in m.modules() if isinstance(layer, quant.SharedWeights))
+    naive = kept * 5 / 8            # the figure that counts only nnz x bits
+    assert r.bytes["kmeans"] > naive + kept * 5 / 8   # the relative indices alone cost as much again
+    assert r.parts["kmeans"]["other"] == 4 * (300 + 100 + 10)
+
+
+@pytest.mark.parametrize("build", ["mlp", "lenet5", "bn"])
+def test_save_load_round_trip_equal_outputs(tmp_path, build):
+    rng = np.random.default_rng(0)
+    if build == "mlp":
+        m = pruned_mlp(amount=0.75)
+        quant.share_weights(m, 4, layers=["0"])          # layer 2 stays a plain (pruned) Linear
+        x = rng.standard_normal((6, 12)).astype(np.float32)
+    elif build == "lenet5":
+        m = pk.models.lenet5(seed=0)
+        P.prune(m, 0.6)
+        quant.share_weights(m, {"0": 8, "3": 6, "7": 4, "9": 4, "11": 4})
+        x = rng.random((3, 1, 28, 28)).astype(np.float32)
+    else:
+        m = nn.Sequential(nn.Conv2d(1, 4, 3, seed=0), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
+                          pk.models.GlobalAvgPool2d(), nn.Dropout(0.2), nn.Linear(4, 3, seed=1), nn.Tanh())
+        m[1].running_mean[...] = rng.standard_normal(4)
+        m[1].weight.data[...] = rng.standard_normal(4)
+        quant.share_weights(m, 2, layers=["6"])
+        x = rng.random((2, 1, 9, 9)).astype(np.float32)
+    m.eval()
+    path = tmp_path / "model.npz"
+    quant.save_compressed(m, path)
+    back = quant.load_compressed(path).eval()
+    np.testing.assert_array_equal(back(Tensor(x)).data, m(Tensor(x)).data)
+    for a, b in zip(m, back):
+        assert type(a) is type(b)
+        if isinstance(a, quant.SharedWeights):
+            np.testing.assert_array_equal(a.mask, b.mask)
+            np.testing.assert_array_equal(a.codebook.data, b.codebook.data)
+            np.testing.assert_array_equal(a.indices[a.mask], b.indices[b.mask])
+
+
+def rewrite(path, payload=None, manifest=None):
+    """Rewrite the zip with a changed payload or manifest (valid zip CRCs: only our own checks can object)."""
+    with np.load(path, allow_pickle=False) as f:
+        old_payload = f["payload"]
+        old_manifest = json.loads(f.zip.read("manifest.json"))
+    payload = old_payload if payload is None else payload(old_payload.copy())
+    manifest = old_manifest if manifest is None else manifest(old_manifest)
+    with open(path, "wb") as f:
+        f.write(R._zip_bytes(payload.tobytes(), manifest))
+
+
+def test_tampered_and_truncated_files_are_refused(tmp_path):
+    m = pruned_mlp(amount=0.8)
+    quant.share_weights(m, 3)
+    path = tmp_path / "m.npz"
+    quant.save_compressed(m, path)
+    good = path.read_bytes()
+
+    def flip(p):
+        p[len(p) // 2] ^= 0xFF
+        return p
+    rewrite(path, payload=flip)
+    with pytest.raises(ValueError, match="SHA-256"):
+        quant.load_compressed(path)
+
+    path.write_bytes(good)
+    rewrite(path, manifest=lambda mf: {**mf, "layers": mf["layers"][:1]})  # same payload, a layer dropped
+    back = quant.load_compressed(path)                                         # consistent, so it loads
+    assert len(back) == 1
+
+    def shift(mf):
+        mf["layers"][0]["codebook"][0] += 10 ** 6
+        return mf
+    path.write_bytes(good)
+    rewrite(path, manifest=shift)
+    with pytest.raises(ValueError, match="outside"):
+        quant.load_compressed(path)
+
+    path.write_bytes(good[: len(good) * 2 // 3])          # truncated
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        quant.load_compressed(path)
+
+    raw = bytearray(good)                                  # a flipped byte inside the zip: its CRC catches it
+    i = good.index(b"\x93NUMPY") + 200
+    raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="load_compressed\\(\\)"):
+        quant.load_compressed(path)
+
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        quant.load_compressed(path)
+    with pytest.raises(FileNotFoundError):
+        quant.load_compressed(tmp_path / "missing.npz")
+
+
+def test_save_compressed_bad_input(tmp_path):
+    with pytest.raises(TypeError, match="'model'.*Sequential"):
+        quant.save_compressed(nn.Linear(3, 2), tmp_path / "x.npz")
+    with pytest.raises(TypeError, match="'model'.*ResidualBlock"):
+        quant.save_compressed(pk.models.resnet_small(seed=0), tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="'gap_bits'"):
+        quant.compression_report(pruned_mlp(), gap_bits=0)
+    assert not list(tmp_path.iterdir())       # nothing half-written
