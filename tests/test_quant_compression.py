@@ -464,3 +464,20 @@ def test_save_compressed_bad_input(tmp_path):
     with pytest.raises(ValueError, match="'gap_bits'"):
         quant.compression_report(pruned_mlp(), gap_bits=0)
     assert not list(tmp_path.iterdir())       # nothing half-written
+
+
+def test_unshare_gives_plain_layers_with_the_decoded_weights():
+    m = pk.models.lenet5(seed=0)
+    P.prune(m, 0.7)
+    quant.share_weights(m, 3)
+    x = np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32)
+    ref = m(Tensor(x)).data
+    decoded = [layer.dense_weight() for layer in m if isinstance(layer, quant.SharedWeights)]
+    quant.unshare(m)
+    assert not any(isinstance(layer, quant.SharedWeights) for layer in m.modules())
+    np.testing.assert_array_equal(m(Tensor(x)).data, ref)
+    plain = [layer for layer in m if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    for layer, w in zip(plain, decoded):
+        np.testing.assert_array_equal(layer.weight.data, w)
+        np.testing.assert_array_equal(layer.weight.mask, (w != 0) | (layer.weight.mask == 1))
+        assert layer.weight.mask.mean() == pytest.approx(0.3, abs=0.01)

@@ -18,7 +18,8 @@ integer index of its centroid. A 5-bit index replaces a 32-bit float.
   pass. The gradient of a centroid is the sum of the gradients of the weights
   that share it (paper, eq. 3), and a pruned weight contributes nothing: it stays
   exactly zero, so fine-tuning only moves the ``2**bits`` centroids (and the
-  biases). :func:`codebooks` lists the centroid parameters to give an optimizer.
+  biases). :func:`codebooks` lists the centroid parameters to give an optimizer;
+  :func:`unshare` turns the layers back into plain ones holding the decoded weights.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .. import nn
 from .._validate import check_int, check_option, fail
 from ..tensor import Tensor
 
-__all__ = ["kmeans_1d", "share_weights", "SharedWeights", "SharingReport", "codebooks", "INITS"]
+__all__ = ["kmeans_1d", "share_weights", "unshare", "SharedWeights", "SharingReport", "codebooks", "INITS"]
 
 INITS = ("linear", "density", "random")
 
@@ -279,3 +280,30 @@ def share_weights(model, bits=5, *, layers=None, init="linear", max_iter=100, se
 def codebooks(model):
     """The codebook Parameters of every :class:`SharedWeights` layer (to fine-tune only the centroids)."""
     return [m.codebook for m in model.modules() if isinstance(m, SharedWeights)]
+
+
+def unshare(model):
+    """Replace every :class:`SharedWeights` layer by a plain Linear/Conv2d holding its decoded weight, in place.
+
+    The weight is ``codebook[indices]`` (0 where pruned) and carries the pruning mask,
+    so the model can run on the sparse kernels (``sparse.to_sparse``) or be trained
+    further with its zeros kept. Returns the model.
+    """
+    from ..pruning.unstructured import set_mask
+
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, SharedWeights) or not name:
+            continue
+        shape = m.shape
+        if m.kind == "linear":
+            plain = nn.Linear(shape[1], shape[0], bias=m.bias is not None, seed=0)
+        else:
+            plain = nn.Conv2d(shape[1], shape[0], shape[2:], m.stride, m.padding, bias=m.bias is not None, seed=0)
+        plain.weight.data[...] = m.dense_weight()
+        if m.bias is not None:
+            plain.bias = m.bias
+        if not m.mask.all():
+            set_mask(plain.weight, m.mask)
+        holder, last = _parent(model, name)
+        setattr(holder, last, plain)
+    return model
