@@ -481,3 +481,57 @@ def test_unshare_gives_plain_layers_with_the_decoded_weights():
         np.testing.assert_array_equal(layer.weight.data, w)
         np.testing.assert_array_equal(layer.weight.mask, (w != 0) | (layer.weight.mask == 1))
         assert layer.weight.mask.mean() == pytest.approx(0.3, abs=0.01)
+
+
+def test_huffman_long_input_is_encoded_in_chunks():
+    rng = np.random.default_rng(0)
+    symbols = rng.geometric(0.3, H._CHUNK * 2 + 123) - 1
+    s = H.huffman_encode(symbols)
+    np.testing.assert_array_equal(s.to_symbols(), symbols)
+    lengths = H.code_lengths(np.bincount(symbols))
+    assert s.nbits == int(lengths[symbols].astype(np.int64).sum())
+
+
+# ------------------------------------------------------------------ the benchmark's bookkeeping (not its figures)
+def load_benchmark():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compression.py"
+    spec = importlib.util.spec_from_file_location("bench_compression", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_pipeline_on_a_tiny_run():
+    bench = load_benchmark()
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 784)).astype(np.float32)
+    y = (x[:, :392].sum(1) > x[:, 392:].sum(1)).astype(np.int64)
+    recipe = dict(bench.RECIPES["lenet300"], train_epochs=1, prune_rounds=1, prune_epochs=1, share_epochs=1)
+    rows, report, model = bench.deep_compression("tiny", recipe, (x, y), (x[:100], y[:100]), log=lambda s: None)
+    assert [r[0].split(" ")[0] for r in rows] == ["dense", "pruned", "pruned"]
+    assert rows[2][2] == report.bytes["file"]                       # the compressed row is the file's size
+    assert rows[0][2] > rows[1][2] > rows[2][2]
+    for name, target in recipe["sparsity"].items():                # the recipe's sparsity was reached
+        layer = model[int(name.split(".")[0])]
+        assert 1 - layer.mask.mean() == pytest.approx(target, abs=1e-3)
+    assert all(layer.codebook.shape == (2 ** recipe["bits"][n],)
+               for n, layer in model.named_children() if isinstance(layer, quant.SharedWeights))
+
+
+ACCEPTANCE = os.environ.get("PRUNEKIT_ACCEPTANCE") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ACCEPTANCE, reason="about 2 CPU-minutes on Fashion-MNIST: set PRUNEKIT_ACCEPTANCE=1 "
+                                           "(or run python benchmarks/compression.py --model lenet300)")
+def test_acceptance_lenet300_deep_compression_40x_on_disk():
+    """Issue 12: >= 40x smaller than float32 on disk (the written file) with <= 0.5 point accuracy loss."""
+    bench = load_benchmark()
+    train, test = pk.data.load_fashion_mnist()
+    rows, report, _ = bench.deep_compression("lenet300", bench.RECIPES["lenet300"], train, test,
+                                             log=lambda s: None)
+    dense_acc, compressed_acc = rows[0][1], rows[2][1]
+    assert report.bytes["dense"] / rows[2][2] >= 40
+    assert dense_acc - compressed_acc <= 0.005

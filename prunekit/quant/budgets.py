@@ -211,6 +211,7 @@ def activation_arena(model, input_shape, *, activation_bytes=4, fuse_activations
     x = Tensor(np.zeros((1,) + input_shape, dtype=np.float32))
     counted = []          # MACs of every weighted layer, inner ones of composite modules included
     wrapped = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
+    own = {id(m): m.__dict__["forward"] for m in wrapped if "forward" in m.__dict__}
     for m in wrapped:
         def counting(inp, _m=m, _forward=m.forward):
             out = _forward(inp)
@@ -244,6 +245,8 @@ def activation_arena(model, input_shape, *, activation_bytes=4, fuse_activations
     finally:
         for m in wrapped:
             del m.__dict__["forward"]
+            if id(m) in own:
+                object.__setattr__(m, "forward", own[id(m)])
         model.train(was_training)
     return ArenaReport(rows, activation_bytes, composite)
 

@@ -100,6 +100,19 @@ def canonical_codes(lengths) -> np.ndarray:
     return codes
 
 
+_CHUNK = 1 << 16     # symbols encoded per step: bounds the temporary arrays
+
+
+def _code_bits(symbols, lengths, codes):
+    """The code bits of ``symbols``, one uint8 (0 or 1) per bit, most significant first."""
+    lens = lengths.astype(np.int64)[symbols]
+    nbits = int(lens.sum())
+    starts = np.cumsum(lens) - lens
+    owner = np.repeat(np.arange(symbols.size), lens)
+    shift = (np.repeat(lens - 1, lens) - (np.arange(nbits) - np.repeat(starts, lens))).astype(np.uint64)
+    return ((codes[symbols][owner] >> shift) & np.uint64(1)).astype(np.uint8)
+
+
 class HuffmanStream:
     """A Huffman-coded sequence of symbols in ``[0, n_symbols)``.
 
@@ -114,6 +127,8 @@ class HuffmanStream:
         check_array("lengths", lengths, ndim=1, dtype_kind="u")
         self.count = check_int("count", count, 0)
         self.nbits = check_int("nbits", nbits, 0)
+        if self.count > self.nbits:
+            fail("count", f"at most nbits={self.nbits} (every code takes at least one bit)", self.count)
         if data.size != -(-self.nbits // 8):
             fail("data", f"{-(-self.nbits // 8)} bytes for nbits={self.nbits}", f"{data.size} bytes")
         if lengths.size and lengths.max() > 63:
@@ -143,13 +158,9 @@ class HuffmanStream:
         counts = np.bincount(symbols.astype(np.int64), minlength=n_symbols)
         lengths = code_lengths(counts)
         codes = canonical_codes(lengths)
-        lens = lengths.astype(np.int64)[symbols]
-        nbits = int(lens.sum())
-        starts = np.cumsum(lens) - lens
-        owner = np.repeat(np.arange(symbols.size), lens)
-        shift = (np.repeat(lens - 1, lens) - (np.arange(nbits) - np.repeat(starts, lens))).astype(np.uint64)
-        bits = ((codes[symbols][owner] >> shift) & np.uint64(1)).astype(np.uint8)
-        return cls(np.packbits(bits), lengths, symbols.size, nbits)
+        chunks = [_code_bits(symbols[i:i + _CHUNK], lengths, codes) for i in range(0, symbols.size, _CHUNK)]
+        bits = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+        return cls(np.packbits(bits), lengths, symbols.size, int(bits.size))
 
     def to_symbols(self) -> np.ndarray:
         """Decode back to the int64 symbols; a stream that does not decode exactly raises ValueError."""

@@ -465,6 +465,8 @@ def _load_layer(r, e, gap_bits):
     if kind not in ("SharedWeights", "Linear", "Conv2d"):
         r.bad(f"unknown layer type {kind!r}")
     shape = tuple(int(v) for v in e["shape"])
+    if len(shape) not in (2, 4) or min(shape) < 1 or int(np.prod(shape, dtype=np.float64)) > 2 ** 31:
+        r.bad(f"layer {e['name']!r} has an impossible weight shape {shape}")
     pos, size = _positions(r, e, gap_bits)
     bias = None if e["bias"] is None else r.array(e["bias"], "<f4", (shape[0],)).astype(np.float32)
     if kind == "SharedWeights":
