@@ -1,7 +1,7 @@
 """Deep Compression on Fashion-MNIST: accuracy, bytes on disk, ratio and batch-1 latency per stage.
 
     python benchmarks/compression.py                  # LeNet-300-100 and LeNet-5, the default recipe
-    python benchmarks/compression.py --model lenet300 # one model
+    python benchmarks/compression.py --model lenet300 # one model (lenet300, lenet5, lenet5_aggressive)
     python benchmarks/compression.py --quick          # a tiny run (seconds) that checks the pipeline
 
 Stages (Han, Mao & Dally 2016): dense float32 -> iterative magnitude pruning with
@@ -48,12 +48,21 @@ RECIPES = {
         "bits": {"0": 8, "3": 8, "7": 4, "9": 5, "11": 5},
         "train_epochs": 8, "prune_rounds": 3, "prune_epochs": 2, "share_epochs": 2,
     },
+    "lenet5_aggressive": {
+        "build": pk.models.lenet5, "flatten": False,
+        "sparsity": {"0.weight": 0.5, "3.weight": 0.85, "7.weight": 0.95, "9.weight": 0.9, "11.weight": 0.7},
+        "bits": {"0": 5, "3": 6, "7": 4, "9": 4, "11": 5},
+        "train_epochs": 8, "prune_rounds": 3, "prune_epochs": 2, "share_epochs": 2,
+    },
 }
 """Per-layer target sparsity (the first, largest layers pruned hardest, as Han et al. 2015 do),
 k-means bits per layer (the paper: 8 for conv, 5 for fully-connected; 4 for the 784x300
 layer here), and epochs: dense training (SGD 0.05, momentum 0.9, cosine), each round of
 iterative pruning (SGD 0.01, cosine), centroid fine-tuning (SGD 1e-4, momentum 0.9: a
-centroid's gradient sums over every weight that shares it, so its step is that much larger)."""
+centroid's gradient sums over every weight that shares it, so its step is that much larger).
+"lenet5_aggressive" prunes harder and gives the small conv layers 5-6-bit codebooks
+(a 256-entry codebook costs 1 KB, more than the 75 weights of the first conv): smaller,
+but it loses more accuracy (see BENCHMARKS_compression.md)."""
 
 EXTRA_STAGES = {}
 """Hooks for more rows: ``name -> fn(dense_model, train, test) -> (model, bytes_on_disk)`` (int8 PTQ, QAT 4-bit)."""
