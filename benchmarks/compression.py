@@ -177,7 +177,7 @@ def run(names, quick=False):
         print(f"  (float32 parameters alone: {report.bytes['dense']:,d} bytes; the compressed file is "
               f"{report.ratio('file'):.1f}x smaller than them)")
         sweep = ", ".join(f"{g} bits: {quant.compression_report(model, gap_bits=g).bytes['file']:,d} B"
-                          for g in (4, 5, 6, 8))
+                          for g in (4, 5, 6, 8, "auto"))
         print(f"  file size by relative-index width ({sweep})\n")
 
 

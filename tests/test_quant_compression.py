@@ -492,6 +492,32 @@ def test_huffman_long_input_is_encoded_in_chunks():
     assert s.nbits == int(lengths[symbols].astype(np.int64).sum())
 
 
+def test_gap_bits_per_layer_and_auto(tmp_path):
+    m = pk.models.lenet5(seed=0)
+    P.prune(m, 0.9)
+    quant.share_weights(m, 4)
+    x = np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32)
+    mixed = quant.compression_report(m, gap_bits={"0": 8, "3": 8})      # the paper: 8 for conv, 5 for fc
+    assert mixed.gap_bits == {"0": 8, "3": 8, "7": 5, "9": 5, "11": 5}
+    assert "0: 8 bits" in repr(mixed)
+    auto = quant.compression_report(m, gap_bits="auto")
+    for b in range(2, 11):
+        fixed = quant.compression_report(m, gap_bits=b)
+        assert auto.bytes["huffman"] <= fixed.bytes["huffman"]
+        for ra, rf in zip(auto.layers, fixed.layers):     # per layer, auto is the cheapest width
+            assert ra["huffman"] <= rf["huffman"]
+    for gb in ({"0": 8, "3": 8}, "auto"):
+        path = tmp_path / "m.npz"
+        assert quant.save_compressed(m, path, gap_bits=gb) == quant.compression_report(m, gap_bits=gb).bytes["file"]
+        np.testing.assert_array_equal(quant.load_compressed(path)(Tensor(x)).data, m(Tensor(x)).data)
+    with pytest.raises(ValueError, match="'gap_bits'"):
+        quant.compression_report(m, gap_bits={"1": 8})
+    with pytest.raises(ValueError, match="'gap_bits\\['0'\\]'"):
+        quant.compression_report(m, gap_bits={"0": 17})
+    with pytest.raises(TypeError, match="'gap_bits'"):
+        quant.compression_report(m, gap_bits="Auto")
+
+
 # ------------------------------------------------------------------ the benchmark's bookkeeping (not its figures)
 def load_benchmark():
     import importlib.util

@@ -116,6 +116,39 @@ class _Encoded:
         return out
 
 
+GAP_BITS_AUTO = tuple(range(2, 11))
+"""Widths ``gap_bits="auto"`` tries per layer (it keeps the one whose layer takes the fewest Huffman-stage bytes)."""
+
+
+def _gap_bits_for(model, gap_bits):
+    """``{layer name: bits or "auto"}`` for the weight-bearing children of ``model``."""
+    names = [n for n, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv2d, SharedWeights))]
+    if isinstance(gap_bits, dict):
+        unknown = sorted(set(gap_bits) - set(names))
+        if unknown:
+            fail("gap_bits", f"an int, 'auto' or a dict keyed by the weight layers {names}", f"keys {unknown}")
+        out = {n: gap_bits.get(n, 5) for n in names}
+    else:
+        out = dict.fromkeys(names, gap_bits)
+    for n, b in out.items():
+        if b != "auto":
+            check_int(f"gap_bits[{n!r}]" if isinstance(gap_bits, dict) else "gap_bits", b, 1, 16)
+    return out
+
+
+def _encode(layer, bits):
+    """The layer's streams with ``bits``-bit relative indices (``"auto"``: the cheapest width)."""
+    if bits != "auto":
+        return _Encoded(layer, bits)
+    best, best_bytes = None, None
+    for b in GAP_BITS_AUTO:       # fillers add cluster indices too: compare the layer's whole cost
+        enc = _Encoded(layer, b)
+        n = sum(enc.stage_bytes()["huffman"].values())
+        if best is None or n < best_bytes:
+            best, best_bytes = enc, n
+    return best
+
+
 def _weight_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, SharedWeights))]
 
@@ -146,11 +179,17 @@ class CompressionReport:
     row per weight-bearing layer (kept weights, entries with fillers, bytes per stage).
     """
 
-    def __init__(self, parts, layers, gap_bits):
+    def __init__(self, parts, layers):
         self.parts = parts
         self.layers = layers
-        self.gap_bits = gap_bits
+        self.gap_bits = {r["name"]: r["gap_bits"] for r in layers}
         self.bytes = OrderedDict((s, int(sum(parts[s].values()))) for s in STAGES)
+
+    def _gap_text(self):
+        widths = set(self.gap_bits.values())
+        if len(widths) == 1:
+            return f"relative indices: {widths.pop()} bits"
+        return "relative indices: " + ", ".join(f"{n}: {b} bits" for n, b in self.gap_bits.items())
 
     def ratio(self, stage="file"):
         """How many times smaller than dense float32 the model is at ``stage``."""
@@ -164,7 +203,7 @@ class CompressionReport:
 
     def __repr__(self):
         head = (f"{'stage':<8} {'bytes':>10} {'ratio':>7} " + " ".join(f"{p:>10}" for p in PARTS))
-        lines = [f"CompressionReport (relative indices: {self.gap_bits} bits)", head, "-" * len(head)]
+        lines = [f"CompressionReport ({self._gap_text()})", head, "-" * len(head)]
         for s in STAGES:
             lines.append(f"{s:<8} {self.bytes[s]:>10,d} {self.ratio(s):>6.1f}x " +
                          " ".join(f"{self.parts[s].get(p, 0):>10,d}" for p in PARTS))
@@ -181,7 +220,7 @@ class CompressionReport:
         rows = "".join(
             f"<tr><td>{s}</td><td>{self.bytes[s]:,}</td><td>{self.ratio(s):.1f}x</td>" +
             "".join(f"<td>{self.parts[s].get(p, 0):,}</td>" for p in PARTS) + "</tr>" for s in STAGES)
-        return (f"<table><caption>Bytes per stage (relative indices: {self.gap_bits} bits)</caption>"
+        return (f"<table><caption>Bytes per stage ({self._gap_text()})</caption>"
                 f"<tr><th>stage</th><th>bytes</th><th>ratio</th>{head}</tr>{rows}</table>")
 
     def plot(self, ax=None):
@@ -212,11 +251,12 @@ def compression_report(model, *, gap_bits=5) -> CompressionReport:
 
     Apply the stages first (``pruning.prune`` / ``iterative_prune``, then
     :func:`share_weights` and centroid fine-tuning); the report counts what the model
-    holds. ``gap_bits``: bits of a relative index (the paper: 5 for fully-connected
+    holds. ``gap_bits``: bits of a relative index, an int, a dict ``{"<layer>": bits}``
+    (others get 5), or ``"auto"`` (per layer, the width in 2..10 that makes the
+    layer's Huffman-coded streams smallest) (the paper: 5 for fully-connected
     layers, 8 for conv). The ``file`` stage is the exact size :func:`save_compressed`
     writes (the model is serialised in memory to measure it).
     """
-    gap_bits = check_int("gap_bits", gap_bits, 1, 16)
     payload, manifest, encoded = _build(model, gap_bits)
     file_bytes = len(_zip_bytes(payload, manifest))
     other = sum(4 * a.size for _, a in _other_params(model))
@@ -224,7 +264,8 @@ def compression_report(model, *, gap_bits=5) -> CompressionReport:
     layers = []
     for name, enc in encoded:
         sb = enc.stage_bytes()
-        row = {"name": name, "shape": enc.shape, "kept": enc.kept, "fillers": enc.fillers}
+        row = {"name": name, "shape": enc.shape, "kept": enc.kept, "fillers": enc.fillers,
+               "gap_bits": enc.gap_bits}
         for s, d in sb.items():
             row[s] = int(sum(d.values()))
             for p, v in d.items():
@@ -233,7 +274,7 @@ def compression_report(model, *, gap_bits=5) -> CompressionReport:
     content = sum(parts["huffman"].values())
     parts["file"] = dict(parts["huffman"])
     parts["file"]["container"] = file_bytes - content
-    return CompressionReport(parts, layers, gap_bits)
+    return CompressionReport(parts, layers)
 
 
 # --------------------------------------------------------------------------- the file
@@ -278,13 +319,15 @@ def _build(model, gap_bits):
     if not isinstance(model, nn.Sequential):
         fail("model", "a prunekit.nn.Sequential of layers (as models.lenet_300_100 and lenet5 are)",
              type(model).__name__, TypeError)
+    widths = _gap_bits_for(model, gap_bits)
     payload = _Payload()
     layers, encoded = [], []
     for name, m in model.named_children():
         if isinstance(m, (nn.Linear, nn.Conv2d, SharedWeights)):
-            enc = _Encoded(m, gap_bits)
+            enc = _encode(m, widths[name])
             encoded.append((name, enc))
-            entry = {"name": name, "shape": list(enc.shape), "gaps": _add_stream(payload, enc.gap_stream)}
+            entry = {"name": name, "shape": list(enc.shape), "gap_bits": enc.gap_bits,
+                     "gaps": _add_stream(payload, enc.gap_stream)}
             bias = getattr(m, "bias", None)
             entry["bias"] = None if bias is None else payload.add(bias.data.astype("<f4"))
             if isinstance(m, SharedWeights):
@@ -308,7 +351,7 @@ def _build(model, gap_bits):
                                if getattr(m, k) is not None}
         layers.append(entry)
     data = bytes(payload.buf)
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "gap_bits": gap_bits,
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION,
                 "payload_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "layers": layers}
     return data, manifest, encoded
 
@@ -330,12 +373,12 @@ def _zip_bytes(payload, manifest):
 def save_compressed(model, path, *, gap_bits=5) -> int:
     """Write ``model`` (a flat nn.Sequential) as a compact ``.npz`` + JSON manifest; return its size in bytes.
 
+    ``gap_bits`` as in :func:`compression_report`.
     Shared layers are stored as Huffman-coded cluster indices and relative indices
     plus a float32 codebook; plain Linear/Conv2d layers as float32 values with
     Huffman-coded relative indices; everything else as float32. No pickle. The file
     is written under a temporary name and renamed, so a crash leaves no half file.
     """
-    gap_bits = check_int("gap_bits", gap_bits, 1, 16)
     path = os.fspath(path)
     payload, manifest, _ = _build(model, gap_bits)
     data = _zip_bytes(payload, manifest)
@@ -425,13 +468,16 @@ def load_compressed(path) -> nn.Sequential:
                          f"(the file was changed or damaged after it was written).")
     r = _Reader(payload, where)
     try:
-        layers = [_load_layer(r, e, manifest["gap_bits"]) for e in manifest["layers"]]
+        layers = [_load_layer(r, e) for e in manifest["layers"]]
     except (KeyError, TypeError) as e:
         r.bad(f"the manifest lacks or mangles an entry ({e!r})")
     return nn.Sequential(*layers)
 
 
-def _positions(r, entry, gap_bits):
+def _positions(r, entry):
+    gap_bits = entry["gap_bits"]
+    if not isinstance(gap_bits, int) or not 1 <= gap_bits <= 16:
+        r.bad(f"layer {entry['name']!r} has gap_bits {gap_bits!r}")
     gaps = r.stream(entry["gaps"])
     if gaps.size and gaps.max() >= 2 ** gap_bits:
         r.bad("a relative index exceeds gap_bits")
@@ -442,7 +488,7 @@ def _positions(r, entry, gap_bits):
     return pos, size
 
 
-def _load_layer(r, e, gap_bits):
+def _load_layer(r, e):
     kind = e["type"]
     if kind in _SIMPLE:
         return _SIMPLE[kind]()
@@ -467,7 +513,7 @@ def _load_layer(r, e, gap_bits):
     shape = tuple(int(v) for v in e["shape"])
     if len(shape) not in (2, 4) or min(shape) < 1 or int(np.prod(shape, dtype=np.float64)) > 2 ** 31:
         r.bad(f"layer {e['name']!r} has an impossible weight shape {shape}")
-    pos, size = _positions(r, e, gap_bits)
+    pos, size = _positions(r, e)
     bias = None if e["bias"] is None else r.array(e["bias"], "<f4", (shape[0],)).astype(np.float32)
     if kind == "SharedWeights":
         codebook = r.array(e["codebook"], "<f4").astype(np.float32)
