@@ -1,17 +1,26 @@
-"""Quantization and deployment: affine int8, calibration, integer-only inference, QAT, export.
+"""Quantization, compression and deployment: affine int8, calibration, integer-only inference,
+QAT, Deep Compression (k-means sharing + Huffman), export, device budgets.
 
     from prunekit import quant
     qmodel = quant.quantize_model(model, (x_cal, y_cal))   # post-training static int8
     qmodel(x)                                              # float in, float out; integers inside
     quant.export(qmodel, "model.npz"); quant.load_exported("model.npz")(x)
 
+    quant.share_weights(pruned_model, 5)                   # Deep Compression (Han, Mao & Dally 2016):
+    print(quant.compression_report(pruned_model))          # 32 shared values per layer, bytes per stage
+    quant.save_compressed(pruned_model, "small.npz")       # the file, measured (Huffman-coded)
+    quant.check_budget(model, "arduino_nano_33_ble_sense", input_shape=(784,))
+
 Modules: :mod:`~prunekit.quant.affine` (scale and zero point, the TFLite rules),
 :mod:`~prunekit.quant.calibration` (activation ranges), :mod:`~prunekit.quant.fixed_point`
 (requantization with an integer multiplier and shift), :mod:`~prunekit.quant.modules`
 (integer-only layers and :func:`quantize_model`), :mod:`~prunekit.quant.qat`
 (fake quantization, straight-through estimator, fp16, bit-width scan),
-:mod:`~prunekit.quant.exporter` (.npz + JSON manifest) and :mod:`~prunekit.quant.onnx_export`
-(ONNX, float and QDQ; imports onnx only when called).
+:mod:`~prunekit.quant.exporter` (.npz + JSON manifest), :mod:`~prunekit.quant.onnx_export`
+(ONNX, float and QDQ; imports onnx only when called), :mod:`~prunekit.quant.kmeans` (weight
+sharing), :mod:`~prunekit.quant.huffman` (canonical Huffman, relative indices),
+:mod:`~prunekit.quant.report` (size accounting and the compressed file) and
+:mod:`~prunekit.quant.budgets` (device profiles and budget checks).
 """
 from __future__ import annotations
 
@@ -32,11 +41,17 @@ __all__ = [
     "export", "load_exported", "read_manifest", "register_kind", "export_onnx",
 ]
 
-# ---- Deep Compression, Huffman, size accounting, device budgets (kmeans.py, huffman.py, budgets.py,
-# ---- report.py) are written in a separate worktree; their imports and __all__ entries go here:
-# from .kmeans import ...
-# from .huffman import ...
-# from .report import ...
-# from .budgets import ...
-# __all__ += [...]
-# ---- end of the Deep Compression block
+# Deep Compression, Huffman, size accounting, device budgets
+from . import budgets, huffman, kmeans, report  # noqa: E402
+from .budgets import DEVICES, BudgetReport, Device, check_budget  # noqa: E402
+from .huffman import HuffmanStream, huffman_decode, huffman_encode  # noqa: E402
+from .kmeans import SharedWeights, SharingReport, codebooks, kmeans_1d, share_weights, unshare  # noqa: E402
+from .report import CompressionReport, compression_report, load_compressed, save_compressed  # noqa: E402
+
+__all__ += [
+    "kmeans", "huffman", "report", "budgets",
+    "kmeans_1d", "share_weights", "SharedWeights", "SharingReport", "codebooks", "unshare",
+    "HuffmanStream", "huffman_encode", "huffman_decode",
+    "compression_report", "CompressionReport", "save_compressed", "load_compressed",
+    "check_budget", "BudgetReport", "Device", "DEVICES",
+]
