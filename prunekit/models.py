@@ -9,7 +9,7 @@ import numpy as np
 from . import nn
 from ._validate import check_option, fail
 
-__all__ = ["mlp", "lenet_300_100", "lenet5", "resnet_small", "ResidualBlock", "GlobalAvgPool2d"]
+__all__ = ["mlp", "lenet_300_100", "lenet5", "resnet_small", "vgg_small", "ResidualBlock", "GlobalAvgPool2d"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -96,3 +96,6 @@ def resnet_small(channels=(16, 32, 64), num_classes=10, *, seed=None) -> nn.Sequ
         prev = c
     layers += [GlobalAvgPool2d(), nn.Linear(prev, num_classes, rng=rng)]
     return nn.Sequential(*layers)
+
+
+from .models_vgg import vgg_small  # noqa: E402  (its own file; it builds on nn only)

@@ -23,7 +23,7 @@ from .tensor import Tensor
 __all__ = [
     "Parameter", "Module", "Sequential", "Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Tanh", "Sigmoid", "Flatten", "MaxPool2d", "AvgPool2d", "Dropout", "Identity",
-    "save", "load_state", "RemovableHandle",
+    "save", "load", "load_state", "RemovableHandle",
 ]
 
 
@@ -480,17 +480,29 @@ class Dropout(Module):
 
 # ------------------------------------------------------------ save / load
 def save(model: Module, path) -> None:
-    """Write ``model.state_dict()`` to ``path`` as an uncompressed .npz (no pickle).
+    """Write the weights to ``<path>.npz`` and the architecture to ``<path>.json`` (no pickle).
 
-    The file is written to a temporary name and renamed, so a crash never leaves
-    a half-written model behind.
+    The ``.npz`` is ``model.state_dict()`` (read it back into a model of the same shape
+    with :func:`load_state`); the JSON describes prunekit's built-in layers and holds a
+    SHA-256 of both, so :func:`load` can rebuild a model whose shapes you do not know
+    (e.g. one made smaller by ``pruning.shrink``). Both files are written to temporary
+    names and renamed, so a crash never leaves a half-written model behind. A model with
+    a layer type of your own still saves its weights; :func:`load` then names that type.
     """
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **model.state_dict())
-    os.replace(tmp, path)
+    from .serialize import save_model  # serialize imports this module
+
+    save_model(model, path, allow_custom=True)
+
+
+def load(path) -> Module:
+    """Rebuild and return the model saved by :func:`save` at ``path`` (architecture and weights).
+
+    A tampered or truncated file, or a layer type that is not prunekit's, raises an
+    error naming the file; nothing half-built is returned.
+    """
+    from .serialize import load_model
+
+    return load_model(path)
 
 
 def load_state(model: Module, path, *, strict: bool = True) -> Module:

@@ -376,3 +376,16 @@ def plot_layer_sparsity(reports, ax=None, title=None, figsize=(6, 3.5)):
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))   # beside the bars, not on them
     ax.grid(True, axis="y", alpha=0.3)
     return ax
+
+
+__all__ += ["plot_dependency_graph"]
+
+
+def plot_dependency_graph(model, example_input, ax=None):
+    """Draw the layers of ``model`` as nodes, each group of coupled channels in one colour.
+
+    See :func:`prunekit.pruning.plot_dependency_graph` (this is the same function).
+    """
+    from .pruning.graph import plot_dependency_graph as draw
+
+    return draw(model, example_input, ax=ax)

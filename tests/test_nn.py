@@ -353,7 +353,23 @@ def test_save_and_load_state_through_npz(tmp_path):
     assert nn.load_state(dst, path) is dst
     for k, v in src.state_dict().items():
         np.testing.assert_array_equal(dst.state_dict()[k], v)
-    assert sorted(os.listdir(tmp_path)) == ["model.npz"]        # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.npz"]  # no temporary file left behind
+    with pytest.raises(TypeError, match="Block"):                # a layer type of our own: named, not rebuilt
+        nn.load(path)
+
+
+def test_nn_load_rebuilds_a_model_of_unknown_shapes(tmp_path):
+    """nn.save writes the architecture too, so nn.load needs no model to load into."""
+    from prunekit import models, pruning
+
+    model = models.lenet5(seed=3)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    pruning.prune(model, 0.5, structure="channel", example_input=x[:1])
+    small = pruning.shrink(model, example_input=x[:1])
+    nn.save(small, tmp_path / "small")
+    back = nn.load(tmp_path / "small")
+    assert [p.shape for p in back.parameters()] == [p.shape for p in small.parameters()]
+    np.testing.assert_array_equal(back(x).data, small(x).data)
 
 
 def test_save_appends_the_npz_suffix(tmp_path):

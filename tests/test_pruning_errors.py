@@ -66,8 +66,10 @@ def test_unknown_scope_loss_structure(m):
         P.prune(m, 0.5, scope="model")
     with pytest.raises(ValueError, match="loss.*got 'hinge'"):
         P.prune(m, 0.5, score="taylor", data=(X, Y), loss="hinge")
-    with pytest.raises(NotImplementedError, match="structure.*got 'channels'.*later"):
+    with pytest.raises(ValueError, match="prune\\(\\): structure must be 'neuron', 'channel' or 'N:M'.*channels"):
         P.prune(m, 0.5, structure="channels")
+    with pytest.raises(ValueError, match="prune\\(\\): structure must be given for ignored_layers"):
+        P.prune(m, 0.5, round_to=8)
 
 
 def test_bad_model_and_data(m):

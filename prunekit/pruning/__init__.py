@@ -15,7 +15,13 @@ of batches; every fine-tune is a :class:`FineTune` (or a callable ``finetune(mod
 Modules, in reading order: ``ranking`` (scores -> masks, torch's counting rules),
 ``scores`` (the importance-score registry), ``unstructured`` (prune a model),
 ``schedules`` (iterative, AGP, learning-rate rewinding), ``lottery`` (lottery
-tickets), ``sensitivity`` (per-layer scans).
+tickets), ``sensitivity`` (per-layer scans); structured pruning: ``graph`` (which
+channels are coupled), ``structured`` (neurons, channels, N:M), ``surgery``
+(``shrink``: a physically smaller model), ``slimming`` (Liu et al. 2017), ``profile``
+(parameters, MACs and measured time per layer)::
+
+    pruning.prune(model, 0.5, structure="channel", example_input=x[:1])
+    small = pruning.shrink(model, example_input=x[:1])
 """
 from .ranking import bottom_k_mask, global_masks, layer_masks, n_to_prune
 from .scores import (MovementTracker, ScoreContext, available_scores, compute_scores, get_score, grade_scores,
@@ -25,6 +31,11 @@ from .unstructured import (SparsityReport, apply_masks, batch_prune, is_pruned, 
 from .schedules import AGP, agp_sparsity, iterative_prune, rewind_learning_rate, sparsity_schedule
 from .lottery import LotteryResult, WeightSnapshot, lottery_ticket, rewind_weights
 from .sensitivity import SensitivityResult, plot_sensitivity, sensitivity_scan
+from .graph import DependencyGraph, DependencyGroup, dependency_groups, plot_dependency_graph
+from .structured import GROUP_SCORES, StructuredReport, nm_mask, parse_structure, prune_structured
+from .surgery import shrink
+from .slimming import BNL1Penalty, bn_gammas, bn_l1_penalty, slim
+from .profile import ProfileReport, profile
 from ..train import FineTune
 
 __all__ = [
@@ -36,4 +47,7 @@ __all__ = [
     "AGP", "agp_sparsity", "sparsity_schedule", "iterative_prune", "rewind_learning_rate",
     "lottery_ticket", "LotteryResult", "WeightSnapshot", "rewind_weights",
     "sensitivity_scan", "SensitivityResult", "plot_sensitivity", "FineTune",
+    "prune_structured", "StructuredReport", "nm_mask", "parse_structure", "GROUP_SCORES",
+    "dependency_groups", "DependencyGroup", "DependencyGraph", "plot_dependency_graph", "shrink",
+    "BNL1Penalty", "bn_l1_penalty", "slim", "bn_gammas", "profile", "ProfileReport",
 ]

@@ -185,7 +185,7 @@ def _check_amount(amount, params, scope):
 
 
 def prune(model, amount, *, score="magnitude", scope="layer", structure=None, data=None, layers=None,
-          seed=None, loss="cross_entropy", **options):
+          seed=None, loss="cross_entropy", ignored_layers=(), round_to=None, example_input=None, **options):
     """Remove the lowest-scored weights of every Linear and Conv2d (or of ``layers``); return a report.
 
     ``amount``: fraction of the still-unpruned weights to remove (0 <= amount <= 1),
@@ -201,16 +201,27 @@ def prune(model, amount, *, score="magnitude", scope="layer", structure=None, da
     gradients, losses or activations need ``data`` (a DataLoader, an (x, y) pair, a
     dataset or an iterable of batches) and ``loss`` ("cross_entropy", "mse" or a
     callable). ``seed`` feeds the "random" score.
-    ``structure``: None (element-wise); structured pruning comes in a later module.
+    ``structure``: None (element-wise), or "neuron", "channel" or "N:M" (e.g. "2:4"): then
+    this is :func:`prunekit.pruning.prune_structured` (whole neurons / filters and what is
+    coupled to them, or N:M groups), with ``ignored_layers``, ``round_to`` and
+    ``example_input`` passed on, and ``score="magnitude"`` meaning the group's L1 norm.
     Extra keyword ``options`` go to the score and are checked against the options it
     declares (``max_weights`` for "oracle", ``max_samples`` for "obd"; every score:
     ``batch_size``, the samples per batch of array data).
     """
     check_model(model)
     if structure is not None:
-        raise NotImplementedError(
-            f"prune(): structure must be None (unstructured, element-wise pruning) for now, "
-            f"got {structure!r}. Structured pruning (neurons, channels, N:M) comes in a later module.")
+        from .structured import prune_structured  # imports this module: imported here, not at the top
+
+        if layers is not None or options:
+            fail("layers", "None with a structure (use ignored_layers=; score options are not taken)",
+                 repr(layers) if layers is not None else f"options {sorted(options)}")
+        return prune_structured(model, amount, structure=structure, score="l1" if score == "magnitude" else score,
+                                scope=scope, data=data, loss=loss, ignored_layers=ignored_layers,
+                                round_to=round_to, example_input=example_input, seed=seed)
+    if ignored_layers or round_to is not None or example_input is not None:
+        fail("structure", "given for ignored_layers, round_to or example_input (they apply to structured pruning)",
+             None)
     check_option("scope", scope, SCOPES)
     params = select_weights(model, layers)
     amount = _check_amount(amount, params, scope)
