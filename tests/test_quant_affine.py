@@ -154,3 +154,14 @@ def test_fake_quantize_is_dequantize_of_quantize():
     f = quant.fake_quantize(x, s, z, bits=4)
     np.testing.assert_array_equal(f, dequantize(quantize(x, s, z, bits=4), s, z))
     assert len(np.unique(f)) <= 16
+
+
+def test_a_denormal_range_gets_the_smallest_float32_scale_not_zero():
+    """Found by hypothesis: x = 4e-45 gave scale 4e-45 / 255, which is 0 in float32, and quantize refused it."""
+    from prunekit.quant import affine
+
+    for symmetric in (True, False):
+        scale, zero = affine.quant_params(np.array([4e-45], np.float32), symmetric=symmetric)
+        assert scale == np.float32(np.finfo(np.float32).eps)
+        q = affine.quantize(np.array([0.0, 4e-45], np.float32), scale, zero)
+        assert affine.dequantize(q, scale, zero)[0] == 0.0

@@ -75,6 +75,16 @@ def _as_float(name, x):
     return x
 
 
+MIN_SCALE = float(np.finfo(np.float32).eps)
+"""The smallest scale we hand out (PyTorch's observers clamp to the same float32 eps): a range
+narrower than that (e.g. denormal values) would give a scale that rounds to 0 in float32."""
+
+
+def _usable(scale):
+    """1 where the range is empty (any scale represents 0 exactly), at least MIN_SCALE elsewhere."""
+    return np.where(scale > 0, np.maximum(scale, MIN_SCALE), 1.0)
+
+
 def quant_params(x, bits=8, symmetric=True, axis=None):
     """``(scale, zero_point)`` that quantize ``x`` to ``bits``-bit integers (TFLite int8 rules).
 
@@ -98,15 +108,14 @@ def quant_params(x, bits=8, symmetric=True, axis=None):
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
         amax = np.abs(x64).max(axis=reduce)
-        scale = amax / qmax
+        scale = _usable(amax / qmax)
         zero = np.zeros(np.shape(scale), np.int64)
     else:
         lo = np.minimum(x64.min(axis=reduce), 0.0)
         hi = np.maximum(x64.max(axis=reduce), 0.0)
-        scale = (hi - lo) / (qmax - qmin)
-        safe = np.where(scale > 0, scale, 1.0)
-        zero = np.clip(qmin - np.rint(lo / safe), qmin, qmax).astype(np.int64)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        scale = _usable((hi - lo) / (qmax - qmin))
+        zero = np.clip(qmin - np.rint(lo / scale), qmin, qmax).astype(np.int64)
+    scale = scale.astype(np.float32)
     if ax is None:
         return float(scale), int(zero)
     return scale, zero.astype(np.int32)
