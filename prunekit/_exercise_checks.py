@@ -68,15 +68,17 @@ def _least_squares(answer):
     return _close(answer(X, y), np.linalg.lstsq(X, y, rcond=None)[0], "least_squares(X, y)")
 
 
-@exercise("01.2", "the largest learning rate for which gradient descent on the mean squared error converges")
+@exercise("01.2", "the largest learning rate for which gradient descent on f(w) = ||Xw - y||^2 / (2n) converges: 2/L")
 def _max_lr(answer):
     if (bad := _callable(answer, "max_stable_lr(X)")):
         return bad
-    rng = np.random.default_rng(_RNG_SEED + 1)
-    X = rng.standard_normal((50, 4)) * [1.0, 2.0, 0.5, 3.0]
-    # loss = mean((Xw - y)^2): Hessian 2 X^T X / n; GD converges for lr < 2 / lambda_max
-    want = 2.0 / np.linalg.eigvalsh(2.0 * X.T @ X / len(X)).max()
-    return _close(answer(X), want, "max_stable_lr(X)", rtol=1e-3)
+    for seed, n in ((_RNG_SEED + 1, 50), (_RNG_SEED + 11, 200)):
+        X = np.random.default_rng(seed).standard_normal((n, 4)) * [1.0, 2.0, 0.5, 3.0]
+        # f(w) = ||Xw - y||^2 / (2n) (notebook 01): Hessian X^T X / n; GD converges for lr < 2 / lambda_max
+        want = 2.0 / np.linalg.eigvalsh(X.T @ X / n).max()
+        if (bad := _close(answer(X), want, f"max_stable_lr(X) for X of shape {X.shape}", rtol=1e-3)):
+            return bad + " (L is the largest eigenvalue of the Hessian X^T X / n: mind the 1/n.)"
+    return None
 
 
 # ------------------------------------------------------------------ 02 autograd and layers
