@@ -126,6 +126,13 @@ def test_has_two_exercises_with_registered_check_cells(path):
 
 
 @pytest.mark.parametrize("path", _params())
+def test_every_exercise_registered_for_the_notebook_is_in_it(path):
+    mine = {id for id in exercises.registered() if id.split(".")[0] == path.name[:2]}
+    asked = {id for id, *_ in _exercise_cells(path)}
+    assert mine <= asked, f"{path.name}: exercises {sorted(mine - asked)} are registered but have no check cell."
+
+
+@pytest.mark.parametrize("path", _params())
 def test_stubs_do_not_contain_the_solution(path):
     for id, name, _, stub in _exercise_cells(path):
         assert stub is not None and re.search(r"NotImplementedError|None", stub), (
