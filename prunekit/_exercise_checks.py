@@ -32,6 +32,32 @@ def _callable(answer, name):
     return None
 
 
+# ------------------------------------------------------------------ 00 start here
+@exercise("00.1", "accuracy from a model's outputs: the fraction of rows whose largest output is the label")
+def _accuracy(answer):
+    if (bad := _callable(answer, "accuracy(outputs, labels)")):
+        return bad
+    rng = np.random.default_rng(_RNG_SEED - 1)
+    for n, k in ((50, 10), (7, 3)):
+        outputs, labels = rng.standard_normal((n, k)), rng.integers(0, k, n)
+        want = float(np.mean(outputs.argmax(axis=1) == labels))
+        if (bad := _close(answer(outputs, labels), want, f"accuracy on {n} rows of {k} classes")):
+            return bad + " (Compare argmax over each row, axis=1, with the labels.)"
+    return None
+
+
+@exercise("00.2", "the sparsity of a model: the fraction of its weights that are exactly zero, over all layers")
+def _sparsity(answer):
+    if (bad := _callable(answer, "sparsity(weights)")):
+        return bad
+    rng = np.random.default_rng(_RNG_SEED - 2)
+    weights = [rng.standard_normal((20, 30)) * (rng.random((20, 30)) < 0.1), rng.standard_normal((5, 20))]
+    want = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+    if (bad := _close(answer([w.copy() for w in weights]), want, "sparsity(weights)", rtol=1e-9)):
+        return bad + " (Count the zeros of all layers together, then divide by the total number of weights.)"
+    return None
+
+
 # ------------------------------------------------------------------ 01 gradient descent
 @exercise("01.1", "least-squares weights in closed form: w = (X^T X)^-1 X^T y")
 def _least_squares(answer):
@@ -42,15 +68,17 @@ def _least_squares(answer):
     return _close(answer(X, y), np.linalg.lstsq(X, y, rcond=None)[0], "least_squares(X, y)")
 
 
-@exercise("01.2", "the largest learning rate for which gradient descent on the mean squared error converges")
+@exercise("01.2", "the largest learning rate for which gradient descent on f(w) = ||Xw - y||^2 / (2n) converges: 2/L")
 def _max_lr(answer):
     if (bad := _callable(answer, "max_stable_lr(X)")):
         return bad
-    rng = np.random.default_rng(_RNG_SEED + 1)
-    X = rng.standard_normal((50, 4)) * [1.0, 2.0, 0.5, 3.0]
-    # loss = mean((Xw - y)^2): Hessian 2 X^T X / n; GD converges for lr < 2 / lambda_max
-    want = 2.0 / np.linalg.eigvalsh(2.0 * X.T @ X / len(X)).max()
-    return _close(answer(X), want, "max_stable_lr(X)", rtol=1e-3)
+    for seed, n in ((_RNG_SEED + 1, 50), (_RNG_SEED + 11, 200)):
+        X = np.random.default_rng(seed).standard_normal((n, 4)) * [1.0, 2.0, 0.5, 3.0]
+        # f(w) = ||Xw - y||^2 / (2n) (notebook 01): Hessian X^T X / n; GD converges for lr < 2 / lambda_max
+        want = 2.0 / np.linalg.eigvalsh(X.T @ X / n).max()
+        if (bad := _close(answer(X), want, f"max_stable_lr(X) for X of shape {X.shape}", rtol=1e-3)):
+            return bad + " (L is the largest eigenvalue of the Hessian X^T X / n: mind the 1/n.)"
+    return None
 
 
 # ------------------------------------------------------------------ 02 autograd and layers
@@ -181,51 +209,122 @@ def _csr_bound(answer):
 
 
 # ------------------------------------------------------------------ 07 distributed training
-@exercise("07.1", "bytes each worker sends in a ring all-reduce of M bytes over N workers")
-def _ring_bytes(answer):
-    if (bad := _callable(answer, "ring_bytes(m_bytes, n_workers)")):
+@exercise("07.1", "the time of a ring all-reduce: 2 (N - 1) (alpha + b / (N beta)), 0 for one worker")
+def _ring_time(answer):
+    if (bad := _callable(answer, "ring_time(n, nbytes, latency_s, bandwidth_Bps)")):
         return bad
-    for m, n in ((1_000_000, 4), (4096, 8), (100, 1)):
-        if (bad := _close(answer(m, n), 2 * (n - 1) / n * m, f"ring_bytes({m}, {n})", rtol=1e-6)):
-            return bad + " (Reduce-scatter, then all-gather: each sends N - 1 chunks of M / N bytes twice.)"
+    for n, b, a, bw in ((1, 1e6, 1e-3, 1e9), (2, 1e6, 1e-3, 1e9), (8, 4e6, 1e-5, 1.25e9), (64, 97e6, 0.0, 16e9)):
+        want = 0.0 if n == 1 else 2 * (n - 1) * (a + b / (n * bw))
+        got = answer(n, b, a, bw)
+        if got is None:
+            raise NotImplementedError
+        if (bad := _close(got, want, f"ring_time({n}, {b:g}, {a}, {bw:g})", rtol=1e-9, atol=1e-12)):
+            return bad + (" (Reduce-scatter, then all-gather: 2 (N - 1) messages of b / N bytes, each paying"
+                          " the latency once.)")
     return None
 
 
-@exercise("07.2", "bytes of a top-k message: k float32 values and k int32 indices")
-def _topk_bytes(answer):
-    if (bad := _callable(answer, "topk_bytes(n, ratio)")):
+@exercise("07.2", "shard sizes proportional to worker speeds: integers that add up to the batch")
+def _shards(answer):
+    if (bad := _callable(answer, "shards(n_samples, speeds)")):
         return bad
-    for n, ratio in ((1000, 0.01), (266_610, 0.001), (10, 1.0)):
-        k = max(1, int(round(n * ratio)))
-        got = answer(n, ratio)
-        if got != 8 * k:
-            return f"topk_bytes({n}, {ratio}) gave {got}; k = {k} values and indices take {8 * k} bytes."
+    for n, speeds in ((10, [1, 1]), (128, [1, 1, 1, 0.25]), (7, [3, 1, 1]), (0, [1, 2]), (1000, [0.1, 5, 2.5, 1, 1])):
+        got = answer(n, list(speeds))
+        if got is None:
+            raise NotImplementedError
+        got = np.asarray(got)
+        if got.shape != (len(speeds),):
+            return f"shards({n}, {speeds}) should give one size per worker, shape ({len(speeds)},); got {got.shape}."
+        if not np.issubdtype(got.dtype, np.integer):
+            return f"shards({n}, {speeds}): sizes must be integers, got dtype {got.dtype}."
+        if got.sum() != n:
+            return (f"shards({n}, {speeds}) = {got.tolist()} adds up to {got.sum()}, not {n} "
+                    f"(plain rounding can lose or add samples: give the leftovers to the largest remainders).")
+        exact = n * np.asarray(speeds, float) / np.sum(speeds)
+        if not np.all(np.abs(got - exact) < 1):
+            return f"shards({n}, {speeds}) = {got.tolist()} is more than one sample from the exact shares {exact}."
+    return None
+
+
+@exercise("07.3", "error-feedback top-k for one worker: send the k largest |g + residual|, keep the rest")
+def _ef_topk(answer):
+    if (bad := _callable(answer, "ef_topk(g, residual, k)")):
+        return bad
+    rng = np.random.default_rng(_RNG_SEED + 9)
+    residual = np.zeros(50, np.float32)
+    for step in range(4):
+        g = rng.standard_normal(50).astype(np.float32)
+        out = answer(g.copy(), residual.copy(), 5)
+        if out is None:
+            raise NotImplementedError
+        sent, new = (np.asarray(a) for a in out)
+        corrected = g + residual
+        if sent.shape != g.shape or new.shape != g.shape:
+            return f"step {step}: sent and new_residual should both have shape {g.shape}."
+        if np.count_nonzero(sent) != 5:
+            return f"step {step}: sent has {np.count_nonzero(sent)} non-zeros, expected k = 5."
+        if not np.array_equal(sent + new, corrected):
+            return (f"step {step}: sent + new_residual must equal g + residual exactly "
+                    f"(the residual carries the old residual too: nothing is lost, only delayed).")
+        want = np.zeros_like(corrected)
+        keep = np.argsort(-np.abs(corrected), kind="stable")[:5]
+        want[keep] = corrected[keep]
+        if not np.array_equal(sent, want):
+            return f"step {step}: sent must keep the k largest |g + residual| (not |g|), the others zero."
+        residual = new.astype(np.float32)
     return None
 
 
 # ------------------------------------------------------------------ 08 edge quantization
-@exercise("08.1", "symmetric int8 scale of an array: max|x| / 127")
-def _sym_scale(answer):
-    if (bad := _callable(answer, "int8_scale(x)")):
+@exercise("08.1", "asymmetric (scale, zero_point) of an array with TFLite's rules: the range widened to include 0")
+def _asymmetric_params(answer):
+    if (bad := _callable(answer, "my_asymmetric_params(x, bits)")):
         return bad
-    rng = np.random.default_rng(_RNG_SEED + 8)
-    for x in (rng.standard_normal(100), rng.random(10) * -3.0):
-        if (bad := _close(answer(x), np.abs(x).max() / 127.0, "int8_scale(x)")):
-            return bad
+    cases = [(np.array([-0.55, 2.0]), 8),
+             (np.array([0.5, 3.05]), 8),       # all positive: the range must be widened to include 0
+             (np.array([-2.55, -1.0]), 8),     # all negative
+             (np.linspace(-1, 3, 50), 4),
+             (np.random.default_rng(0).standard_normal(100) * 5 + 2, 6)]
+    for x, bits in cases:
+        got = answer(x.copy(), bits)
+        if got is None or got[0] is None or got[1] is None:
+            raise NotImplementedError
+        s, z = float(got[0]), int(got[1])
+        qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        want_s = (hi - lo) / (qmax - qmin)
+        want_z = int(np.clip(qmin - round(lo / want_s), qmin, qmax))
+        if not (abs(s - want_s) <= 1e-6 * want_s and z == want_z):
+            return (f"for x in [{x.min():.3g}, {x.max():.3g}] and {bits} bits you gave scale {s:.6g}, zero point {z}; "
+                    f"expected scale {want_s:.6g}, zero point {want_z}. Did you widen the range to include 0 "
+                    f"and clamp the zero point to [qmin, qmax]?")
     return None
 
 
-@exercise("08.2", "a real multiplier M in (0, 1) as a Q31 integer and a right shift: M = m * 2^-31 * 2^-shift")
-def _quantized_multiplier(answer):
-    if (bad := _callable(answer, "quantize_multiplier(M)")):
+@exercise("08.2", "int32 accumulators to int8 with integer-only arithmetic: Q31 multiplier, shift, zero point, clamp")
+def _integer_requantize(answer):
+    if (bad := _callable(answer, "my_requantize(acc, real_multiplier, zero_point)")):
         return bad
-    for real in (0.5, 0.3, 0.0123, 0.999):
-        m, shift = answer(real)
-        m, shift = int(m), int(shift)
-        if not (1 << 30) <= m < (1 << 31):
-            return f"quantize_multiplier({real}): the Q31 multiplier {m} should be in [2^30, 2^31)."
-        if abs(m * 2.0 ** (-31 - shift) - real) > 2.0 ** (-31 - shift):
-            return f"quantize_multiplier({real}) = ({m}, {shift}) represents {m * 2.0 ** (-31 - shift):.9g}."
+    from .quant.fixed_point import quantize_multiplier, requantize  # the bit-exact TFLite pipeline
+
+    rng = np.random.default_rng(1)
+    cases = [(np.array([1, 3, -3, 1000, -1000, 5], np.int32), 0.25, 0),   # ties: the integer path rounds twice
+             (rng.integers(-(2 ** 20), 2 ** 20, 200).astype(np.int32), 0.0123, -7),
+             (rng.integers(-5000, 5000, 200).astype(np.int32), 0.0371, 12)]
+    for acc, real, zp in cases:
+        m, shift = quantize_multiplier(real)
+        want = requantize(acc.reshape(-1, 1), m, shift, zp).ravel()
+        got = answer(acc.copy(), real, zp)
+        if got is None:
+            raise NotImplementedError
+        got = np.asarray(got)
+        if got.shape != want.shape or got.dtype != np.int8:
+            return f"expected an int8 array of shape {want.shape}, got {got.dtype} {got.shape}."
+        if not np.array_equal(got, want):
+            i = int(np.flatnonzero(got != want)[0])
+            return (f"acc={acc[i]}, M={real}: you gave {got[i]}, the integer pipeline gives {want[i]}. Use "
+                    f"quantize_multiplier and multiply_by_quantized_multiplier (a float round(acc * M) differs "
+                    f"on ties), then add the zero point and clamp to [-128, 127].")
     return None
 
 

@@ -1,10 +1,12 @@
 """Exercises of the course: each notebook's check cells call :func:`check`.
 
 A notebook exercise is three cells: a markdown cell with the task, a code cell where the
-learner writes the answer (it starts as a stub that sets the answer to ``None``), and a
-check cell::
+learner writes the answer (it starts as a stub that raises ``NotImplementedError``, or
+sets the answer to ``None``), and a check cell whose last line is the check, so that its
+verdict shows::
 
-    pk.exercises.check("04.1", my_mask)
+    from prunekit import exercises
+    exercises.check("04.1", global_magnitude_masks)
 
 ``check`` says whether the answer is right, and why not when it is not. It never
 raises for a wrong or missing answer (the notebook keeps running, and the course's tests
