@@ -78,7 +78,7 @@ def lab_server(tmp_path):
 
 @pytest.fixture
 def browser_page():
-    """A fresh headless Chromium page (1400 x 1000), closed after the test."""
+    """A fresh headless Chromium page, closed after the test (1400 px wide: the explorer shows at its own size)."""
     if CHROMIUM is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")

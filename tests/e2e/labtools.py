@@ -50,14 +50,20 @@ def run_all_cells(page, attempts=15):
     """Run > Run All Cells, as a person would; retried until the first cell starts.
 
     Right after the page loads, the menu item can be disabled, or a click can land
-    before the kernel connection is ready and do nothing; a person would click again.
+    before the kernel connection is ready and do nothing, or (on a busy machine) make
+    JupyterLab ask which kernel to start; a person would accept the proposed kernel
+    (Python 3) and click again.
     """
     from playwright.sync_api import TimeoutError
 
     item = page.locator(".lm-Menu-item[data-command='runmenu:run-all']").first
     started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first
+    select_kernel = page.locator(".jp-Dialog", has_text="Select Kernel").locator(".jp-mod-accept")
     for _ in range(attempts):
         try:
+            if select_kernel.count():
+                select_kernel.first.click(timeout=5_000)
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
             page.keyboard.press("Escape")  # close a menu left open by the previous attempt
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=5_000)
             item.wait_for(timeout=5_000)

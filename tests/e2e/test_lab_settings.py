@@ -48,8 +48,9 @@ def test_make_lab_settings_defaults_to_the_folder_jupyterlab_reads(tmp_path):
     done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "lab-settings", f"PY={sys.executable}"],
                           env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
-    probe = subprocess.run([sys.executable, "-c", "from jupyterlab.labapp import LabApp; print(LabApp().app_settings_dir)"],
-                           env=env, capture_output=True, text=True, timeout=120, check=True)
+    code = "from jupyterlab.labapp import LabApp; print(LabApp().app_settings_dir)"
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                           check=True)
     reads = probe.stdout.strip()
     assert reads == str(app_dir / "settings")
     assert (app_dir / "settings" / "overrides.d" / "prunekit.json").is_file()
@@ -60,7 +61,8 @@ def test_make_lab_opens_the_start_notebook():
     """`make lab` starts JupyterLab on notebooks/00_start_here.ipynb (dry run: nothing is installed or started)."""
     if not (REPO / "notebooks" / "00_start_here.ipynb").is_file():
         pytest.skip("notebooks/00_start_here.ipynb is not in the repository")
-    done = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "lab", f"VENV={os.path.dirname(os.path.dirname(sys.executable))}"],
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    done = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "lab", f"VENV={venv}"],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [ln for ln in done.stdout.splitlines() if "jupyter lab" in ln]

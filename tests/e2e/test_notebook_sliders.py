@@ -62,7 +62,7 @@ def _wait_all_ran(page, n_code, timeout):
 def _slider(page, description):
     """The first ipywidgets slider whose description label matches the regex, and its cell."""
     sliders = page.locator(".jp-OutputArea-output .widget-slider")
-    labels = [sliders.nth(i).locator(".widget-label").first.inner_text() for i in range(sliders.count())]
+    labels = [sliders.nth(i).locator(".widget-label").first.text_content() for i in range(sliders.count())]
     for i, label in enumerate(labels):
         if re.search(description, label.strip(), re.IGNORECASE):
             slider = sliders.nth(i)
