@@ -2,12 +2,15 @@
 
 (A module of its own, not conftest.py: tests import from it, and tests/ has two conftest.py files.)
 """
+import json
 import pathlib
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -39,11 +42,27 @@ def install_lab_settings(settings_dir):
     return done
 
 
-def open_notebook(page, base, token, path):
-    """Open ``path`` (relative to the server root) and wait until its kernel is idle."""
-    page.goto(f"{base}/lab/tree/{path}?token={token}", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+def open_notebook(page, base, token, path, timeout=90):
+    """Open ``path`` (relative to the server root) and wait until the page is connected to an idle kernel.
+
+    The page's own indicator says "idle" also before it has a kernel, and Run All at
+    that moment makes JupyterLab ask which kernel to start; so also wait until the
+    server reports the notebook's kernel idle with a connection from the page.
+    """
+    page.goto(f"{base}/lab/tree/{path}?token={token}", timeout=timeout * 1000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as r:
+            sessions = [x for x in json.load(r) if x.get("path", "").endswith(path) and x.get("kernel")]
+        if any(x["kernel"].get("execution_state") == "idle" and x["kernel"].get("connections", 0) > 0
+               for x in sessions):
+            page.wait_for_timeout(1_000)
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the kernel of {path} was not idle and connected after {timeout} s: {sessions}")
+        time.sleep(0.5)
 
 
 def run_all_cells(page, attempts=15):

@@ -71,10 +71,21 @@ def _slider(page, description):
     pytest.fail(f"no slider with a description matching {description!r}; slider descriptions on the page: {labels}")
 
 
-def _figures(cell):
-    """Screenshots (PNG bytes) of every image / canvas in the cell's output."""
+def _figures(cell, attempts=20):
+    """Screenshots (PNG bytes) of every image / canvas in the cell's output.
+
+    Retried when an image is replaced while being photographed (an ``interact`` output
+    clears and redraws its figure on every slider value).
+    """
+    from playwright.sync_api import Error
+
     figs = cell.locator(".jp-OutputArea-output img, .jp-OutputArea-output canvas")
-    return [figs.nth(i).screenshot() for i in range(figs.count()) if figs.nth(i).is_visible()]
+    for _ in range(attempts):
+        try:
+            return [figs.nth(i).screenshot(timeout=10_000) for i in range(figs.count()) if figs.nth(i).is_visible()]
+        except Error:
+            cell.page.wait_for_timeout(500)
+    pytest.fail(f"the figures of the cell kept changing for {attempts} attempts to photograph them")
 
 
 def _drag(page, slider):
@@ -121,7 +132,7 @@ def test_slider_moves_readout_and_figure(notebook, description, lab_server, brow
         slider, cell = _slider(page, description)
         slider.scroll_into_view_if_needed()
         readout = slider.locator(".widget-readout").first
-        before_text = readout.inner_text()
+        before_text = readout.text_content().strip()  # not inner_text: empty while the browser skips offscreen content
         before_figs = _figures(cell)
         assert before_figs, f"no figure (img or canvas) in the output of the cell holding the {description!r} slider"
         cell.screenshot(path=str(ARTIFACTS / f"{notebook}_before.png"))
@@ -129,13 +140,20 @@ def test_slider_moves_readout_and_figure(notebook, description, lab_server, brow
         direction = _drag(page, slider)
         deadline = time.monotonic() + 60
         while True:                      # the kernel recomputes and sends a new image
-            after_text = readout.inner_text()
+            after_text = readout.text_content().strip()
             after_figs = _figures(cell)
             if after_text != before_text and after_figs != before_figs:
                 break
             if time.monotonic() > deadline:
                 break
             page.wait_for_timeout(500)
+        settle = time.monotonic() + 30
+        while time.monotonic() < settle:  # a drag can send several values: wait for the last redraw
+            page.wait_for_timeout(1_000)
+            now = (readout.text_content().strip(), _figures(cell))
+            if now == (after_text, after_figs):
+                break
+            after_text, after_figs = now
         cell.screenshot(path=str(ARTIFACTS / f"{notebook}_after.png"))
         assert after_text != before_text, f"the readout stayed {before_text!r} after dragging the slider"
         assert (_number(after_text) - _number(before_text)) * direction > 0, \
