@@ -21,7 +21,7 @@ PIP := $(PY) -m pip
 TEST_PATHS := $(wildcard tests notebooks)
 NOTEBOOK_DIR := $(if $(wildcard notebooks),notebooks,.)
 
-.PHONY: lab test bench clean distclean venv
+.PHONY: lab lab-settings test bench clean distclean venv
 
 venv: $(PY)
 
@@ -47,9 +47,26 @@ $(VENV)/.stamp-bench: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[bench]'
 	@touch $@
 
+# The project's JupyterLab settings (jupyter/overrides.json: no first-run "news" question, no
+# update check) go to <JupyterLab app dir>/settings/overrides.d/prunekit.json, the namespaced
+# defaults file that leaves a user's own overrides.json alone. LAB_SETTINGS_DIR empty: ask
+# JupyterLab where its app dir is (it honours JUPYTERLAB_DIR); set it to install elsewhere.
+LAB_SETTINGS_DIR ?=
+LAB_START := $(if $(wildcard notebooks/00_start_here.ipynb),notebooks/00_start_here.ipynb,$(NOTEBOOK_DIR))
+
+lab-settings:
+	@dir='$(LAB_SETTINGS_DIR)'; \
+	if [ -z "$$dir" ]; then \
+	  dir=$$($(PY) -c 'import os; from jupyterlab.commands import get_app_dir; print(os.path.join(get_app_dir(), "settings"))') || exit 1; \
+	fi; \
+	mkdir -p "$$dir/overrides.d" && cp jupyter/overrides.json "$$dir/overrides.d/prunekit.json" && \
+	echo "JupyterLab settings installed: $$dir/overrides.d/prunekit.json"
+
+# Opens straight onto 00_start_here (a file argument: the server's root is its folder, notebooks/).
 # (JupyterLab refuses to run as root without --allow-root: containers and CI machines run as root.)
 lab: $(VENV)/.stamp-lab
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_DIR)
+	@$(MAKE) --no-print-directory lab-settings
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_START)
 
 # Unit, property and notebook tests in ONE pytest run, on $(JOBS) workers; then the unit
 # tests once more under the NumPy reference backend (PRUNEKIT_BACKEND=numpy: every conv,
