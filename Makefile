@@ -82,7 +82,7 @@ lab: $(VENV)/.stamp-lab
 # test_backend.py (it pins the backends of each of its tests itself).
 # Either pass failing fails `make test`; pytest's exit code 5 ("no tests collected") is
 # not a failure while the course is young.
-NUMPY_PASS_ARGS := -m "not browser and not numba" --ignore=tests/test_threads.py --ignore=tests/test_backend.py
+NUMPY_PASS_ARGS := -m "not browser and not numba" --ignore=tests/test_threads.py --ignore=tests/test_backend.py --ignore=tests/e2e
 
 test: $(VENV)/.stamp-lab-test
 	@export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \
