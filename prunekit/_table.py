@@ -35,6 +35,7 @@ class Col:
         self.align, self.width = align or "<", int(width or 0)
 
     def value(self, row):
+        """This column's value in ``row``."""
         return self.key(row) if callable(self.key) else row[self.key]
 
     def show(self, v):
