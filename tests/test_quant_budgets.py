@@ -65,6 +65,9 @@ def test_check_budget_verdicts_hand_computed():
     text = repr(r)
     assert "DOES NOT FIT: over by 1.0 MB" in text and "does not fit: flash, latency" in text
     assert "<table>" in r._repr_html_()
+    with pytest.raises(KeyError, match=r"resource must be one of \['flash', 'RAM', 'latency'\], got ROM"):
+        r["ROM"]
+    assert "<p>peak arena 4,336 bytes at op 0" in r.arena._repr_html_()
     # the deployed file instead of float32 parameters: 9,000 + 1,000 = 10,000 fits exactly
     ok = quant.check_budget(m, toy_device(), input_shape=(784,), model_bytes=9_000)
     assert ok.fits and ok.over == {} and "everything fits" in repr(ok)

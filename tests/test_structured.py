@@ -9,6 +9,7 @@ from prunekit.models_vgg import vgg_small
 from prunekit.pruning._testmodels import ConcatNet, cat
 from prunekit.pruning.graph import dependency_groups, plot_dependency_graph
 from prunekit.pruning.structured import nm_mask, parse_structure, prune_structured
+from structhelpers import randomise_bn
 
 X28 = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
 X8 = X28[:, :, :8, :8].copy()
@@ -20,17 +21,6 @@ def _linear(w, b=None):
     layer.weight.data[...] = w
     layer.bias.data[...] = 0.1 if b is None else b
     return layer
-
-
-def _randomise_bn(model, seed=1):
-    rng = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean[:] = rng.normal(size=m.num_features)
-            m.running_var[:] = rng.uniform(0.5, 2.0, m.num_features)
-            m.weight.data[:] = rng.normal(size=m.num_features)
-            m.bias.data[:] = rng.normal(size=m.num_features)
-    return model
 
 
 # ------------------------------------------------------------------ dependency graph
@@ -136,7 +126,7 @@ def test_fpgm_removes_the_filter_nearest_the_geometric_median_lowest_index_on_ti
 
 
 def test_channel_pruning_masks_filters_bias_and_the_following_batchnorm():
-    model = _randomise_bn(vgg_small(seed=0, width=4))
+    model = randomise_bn(vgg_small(seed=0, width=4))
     conv, bn = model[0], model[1]
     norms = np.abs(conv.weight.data).reshape(4, -1).sum(axis=1)
     prune_structured(model, 0.5, example_input=X28)
@@ -211,6 +201,26 @@ def test_round_to_keeps_multiples(amount):
             assert r["kept"] % 8 == 0, r
     assert (report.new > 0) == (amount > 0.1)   # 10% of 16 leaves 14, rounded up to 16: nothing goes
     assert "<table>" in report._repr_html_() and "total" in repr(report)
+
+
+def test_report_table_clips_long_producer_lists_and_totals_the_units():
+    from prunekit.pruning.structured import StructuredReport
+
+    rep = StructuredReport([
+        dict(group=0, producers=["0"], kind="neuron", units=20, frozen=0, removed=5, new=5, kept=15),
+        dict(group=1, producers=["a.very.long.layer", "another.long.layer", "x<y"], kind="channel", units=64,
+             frozen=3, removed=12, new=2, kept=52)])
+    lines = repr(rep).splitlines()
+    assert lines[0] == "group kind     producers                       units frozen  removed   new  kept"
+    assert lines[1] == "-" * 80 == lines[4]
+    # 30 characters at most: 27 of "a.very.long.layer, another.long.layer, x<y" and "..."
+    assert lines[3] == "    1 channel  a.very.long.layer, another....     64      3       12     2    52"
+    assert lines[5] == "total                                             84              17     7    67"
+    html = rep._repr_html_()
+    assert "<td>a.very.long.layer, another.long.layer, x&lt;y</td>" in html    # whole, escaped
+    # the total row: sums as header cells, blanks where a sum means nothing (kind, frozen)
+    assert html.endswith("<tr><th>total</th><td></td><td></td><th>84</th><td></td><th>17</th><th>7</th>"
+                         "<th>67</th></tr></table>")
 
 
 def test_report_plot():

@@ -14,21 +14,10 @@ from prunekit.pruning.profile import profile
 from prunekit.pruning.slimming import BNL1Penalty, bn_l1_penalty, slim
 from prunekit.pruning.structured import prune_structured
 from prunekit.pruning.surgery import shrink
+from structhelpers import randomise_bn
 
 X28 = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
 X8 = X28[:, :, :8, :8].copy()
-
-
-def _randomise_bn(model, seed=1):
-    """Non-trivial running statistics and affine parameters, so a wrong BatchNorm cut shows."""
-    rng = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean[:] = rng.normal(size=m.num_features)
-            m.running_var[:] = rng.uniform(0.5, 2.0, m.num_features)
-            m.weight.data[:] = rng.normal(size=m.num_features)
-            m.bias.data[:] = rng.normal(size=m.num_features)
-    return model
 
 
 def _out(model, x):
@@ -50,7 +39,7 @@ MODELS = {
 @pytest.mark.parametrize("score", ["l1", "fpgm"])
 def test_shrink_equals_the_masked_model(kind, score):
     make, x, structure = MODELS[kind]
-    model = _randomise_bn(make(0))
+    model = randomise_bn(make(0))
     x = x()
     before = _out(model, x)
     prune_structured(model, 0.4, structure=structure, score=score, example_input=x)
@@ -67,7 +56,7 @@ def test_shrink_equals_the_masked_model(kind, score):
        scope=st.sampled_from(["layer", "global"]))
 def test_shrink_is_exact_on_random_models_and_amounts(kind, seed, amount, scope):
     make, x, structure = MODELS[kind]
-    model = _randomise_bn(make(seed), seed)
+    model = randomise_bn(make(seed), seed)
     x = x()
     report = prune_structured(model, amount, structure=structure, score="random", seed=seed, scope=scope,
                               example_input=x)
@@ -101,7 +90,7 @@ def test_shrunk_lenet5_has_the_expected_shapes_and_parameter_count():
 
 
 def test_shrunk_resnet_cuts_coupled_channels_and_batchnorm_entries():
-    model = _randomise_bn(pk.models.resnet_small(seed=0))
+    model = randomise_bn(pk.models.resnet_small(seed=0))
     prune_structured(model, 0.5, example_input=X28)
     small = shrink(model, X28)
     assert small[0].out_channels == small[3].conv2.out_channels == small[1].num_features == 8
@@ -136,9 +125,9 @@ def test_shrink_refuses_a_model_without_structured_masks():
 
 # ------------------------------------------------------------------ save / load
 def test_save_load_round_trip_of_a_shrunk_model(tmp_path):
-    for make, x in ((lambda: _randomise_bn(pk.models.resnet_small(seed=0)), X28),
-                    (lambda: _randomise_bn(ConcatNet(seed=0)), X8),
-                    (lambda: _randomise_bn(vgg_small(seed=0, width=4)), X28)):
+    for make, x in ((lambda: randomise_bn(pk.models.resnet_small(seed=0)), X28),
+                    (lambda: randomise_bn(ConcatNet(seed=0)), X8),
+                    (lambda: randomise_bn(vgg_small(seed=0, width=4)), X28)):
         model = make()
         prune_structured(model, 0.5, example_input=x)
         small = shrink(model, x)
@@ -244,6 +233,27 @@ def test_profile_counts_params_macs_and_bytes_by_hand():
         profile(model, (6, 6, 0))
 
 
+def test_profile_report_table_and_lookup():
+    from prunekit.pruning.profile import ProfileReport
+
+    rows = [dict(name="0", type="Linear", output_shape=(1, 20), params=12345, macs=1234567, bytes=49380, ms=0.01234),
+            dict(name="1", type="ReLU", output_shape=(1, 20), params=0, macs=0, bytes=0, ms=1.5)]
+    rep = ProfileReport(rows, (1, 784), 2.345, 12345, 49380)
+    assert repr(rep).splitlines() == [
+        "profile for input (1, 784)",
+        "layer              type         output                params         MACs      bytes       ms",
+        "-" * 93,
+        "0                  Linear       (1, 20)               12,345    1,234,567     49,380    0.012",
+        "1                  ReLU         (1, 20)                    0            0          0    1.500",
+        "-" * 93,
+        "total                                                 12,345    1,234,567     49,380    2.345"]
+    assert ("<tr><td>0</td><td>Linear</td><td>(1, 20)</td><td>12,345</td><td>1,234,567</td><td>49,380</td>"
+            "<td>0.012</td></tr>") in rep._repr_html_()
+    assert rep["1"] is rows[1]
+    with pytest.raises(KeyError, match=r"name must be one of \['0', '1'\], got 2"):
+        rep["2"]
+
+
 def test_profile_of_a_shrunk_model_counts_fewer_macs():
     model = vgg_small(seed=0, width=8)
     dense = profile(model, (1, 1, 28, 28), repeats=1)
@@ -329,7 +339,7 @@ def test_notebook_05_checks_accept_the_reference_and_reject_wrong_answers(capsys
 
 def test_rows_masked_without_their_batchnorm_are_not_cut():
     # whole filters masked by hand, but the BatchNorm after them still adds beta: not removable
-    model = _randomise_bn(vgg_small(seed=0, width=4))
+    model = randomise_bn(vgg_small(seed=0, width=4))
     mask = np.ones(model[0].weight.shape, np.float32)
     mask[:2] = 0
     pk.pruning.set_mask(model[0].weight, mask)

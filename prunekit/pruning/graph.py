@@ -34,6 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import nn
+from .._table import Col, html_table
 from .._validate import fail
 from ..tensor import Tensor, enable_grad
 from ._targets import check_model
@@ -321,13 +322,12 @@ class DependencyGraph:
             lines.append(f"  {g!r}")
         return "\n".join(lines)
 
+    _COLUMNS = (Col("group", lambda g: g.index), Col("producers", lambda g: ", ".join(g.producers)),
+                Col("norms", lambda g: ", ".join(g.norms)), Col("consumers", lambda g: ", ".join(g.consumers)),
+                Col("units", lambda g: g.n_units), Col("frozen", lambda g: int(g.frozen.sum())))
+
     def _repr_html_(self):
-        rows = "".join(
-            f"<tr><td>{g.index}</td><td>{', '.join(g.producers)}</td><td>{', '.join(g.norms)}</td>"
-            f"<td>{', '.join(g.consumers)}</td><td>{g.n_units}</td><td>{int(g.frozen.sum())}</td></tr>"
-            for g in self.groups)
-        return ("<table><tr><th>group</th><th>producers</th><th>norms</th><th>consumers</th><th>units</th>"
-                f"<th>frozen</th></tr>{rows}</table>")
+        return html_table(self._COLUMNS, self.groups)
 
     def plot(self, ax=None):
         """Draw the graph (see :func:`plot_dependency_graph`)."""

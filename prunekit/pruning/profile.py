@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .. import nn
+from .._table import Col, find_row, html_table, text_table
 from .._validate import check_int, fail
 from ..tensor import no_grad
 from ._targets import check_model
@@ -40,31 +41,22 @@ class ProfileReport:
         self.macs = sum(r["macs"] for r in rows)
         self.ms = total_ms
 
+    _COLUMNS = (Col("layer", "name", "<18"), Col("type", "type", "<12"), Col("output", "output_shape", "<18"),
+                Col("params", "params", ">9,d"), Col("MACs", "macs", ">12,d"), Col("bytes", "bytes", ">10,d"),
+                Col("ms", "ms", ">8.3f"))
+
     def __getitem__(self, name):
-        for r in self.rows:
-            if r["name"] == name:
-                return r
-        fail("name", f"one of {[r['name'] for r in self.rows]}", name, KeyError)
+        return find_row(self.rows, "name", name)
+
+    def _total(self):
+        return {"layer": "total", "params": self.params, "MACs": self.macs, "bytes": self.bytes, "ms": self.ms}
 
     def __repr__(self):
-        head = f"{'layer':<18} {'type':<12} {'output':<18} {'params':>9} {'MACs':>12} {'bytes':>10} {'ms':>8}"
-        lines = [f"profile for input {self.input_shape}", head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(f"{r['name']:<18} {r['type']:<12} {str(r['output_shape']):<18} {r['params']:>9,d} "
-                         f"{r['macs']:>12,d} {r['bytes']:>10,d} {r['ms']:>8.3f}")
-        lines.append("-" * len(head))
-        lines.append(f"{'total':<18} {'':<12} {'':<18} {self.params:>9,d} {self.macs:>12,d} {self.bytes:>10,d} "
-                     f"{self.ms:>8.3f}")
-        return "\n".join(lines)
+        return f"profile for input {self.input_shape}\n" + text_table(self._COLUMNS, self.rows, total=self._total())
 
     def _repr_html_(self):
-        cells = "".join(
-            f"<tr><td>{r['name']}</td><td>{r['type']}</td><td>{r['output_shape']}</td><td>{r['params']:,}</td>"
-            f"<td>{r['macs']:,}</td><td>{r['bytes']:,}</td><td>{r['ms']:.3f}</td></tr>" for r in self.rows)
-        return (f"<p>profile for input {self.input_shape}</p><table><tr><th>layer</th><th>type</th><th>output</th>"
-                "<th>params</th><th>MACs</th><th>bytes</th><th>ms</th></tr>"
-                f"{cells}<tr><th>total</th><td></td><td></td><th>{self.params:,}</th><th>{self.macs:,}</th>"
-                f"<th>{self.bytes:,}</th><th>{self.ms:.3f}</th></tr></table>")
+        return f"<p>profile for input {self.input_shape}</p>" + html_table(self._COLUMNS, self.rows,
+                                                                         total=self._total())
 
     def plot(self, ax=None):
         """Share of MACs next to share of measured time, per layer (percent of the layers' sums)."""

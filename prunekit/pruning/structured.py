@@ -48,6 +48,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import nn
+from .._table import Col, html_table, text_table
 from .._validate import check_int, check_option, fail
 from . import ranking
 from ._targets import check_model
@@ -133,29 +134,20 @@ class StructuredReport:
                 return r["kept"]
         fail("layer", f"a producer of one of the groups {[r['producers'] for r in self.rows]}", layer, KeyError)
 
+    _COLUMNS = (Col("group", "group", ">5"), Col("kind", "kind", "<8"),
+                Col("producers", lambda r: ", ".join(r["producers"]), "<30", clip=True), Col("units", "units", ">6"),
+                Col("frozen", "frozen", ">6"), Col("removed", "removed", ">8"), Col("new", "new", ">5"),
+                Col("kept", "kept", ">5"))
+
+    def _total(self):
+        return {"group": "total", "units": self.units, "removed": self.removed, "new": self.new,
+                "kept": self.units - self.removed}
+
     def __repr__(self):
-        head = (f"{'group':>5} {'kind':<8} {'producers':<30} {'units':>6} {'frozen':>6} {'removed':>8} "
-                f"{'new':>5} {'kept':>5}")
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            prod = ", ".join(r["producers"])
-            prod = prod if len(prod) <= 30 else prod[:27] + "..."
-            lines.append(f"{r['group']:>5} {r['kind']:<8} {prod:<30} {r['units']:>6} {r['frozen']:>6} "
-                         f"{r['removed']:>8} {r['new']:>5} {r['kept']:>5}")
-        lines.append("-" * len(head))
-        lines.append(f"{'total':>5} {'':<8} {'':<30} {self.units:>6} {'':>6} {self.removed:>8} {self.new:>5} "
-                     f"{self.units - self.removed:>5}")
-        return "\n".join(lines)
+        return text_table(self._COLUMNS, self.rows, total=self._total())
 
     def _repr_html_(self):
-        cells = "".join(
-            f"<tr><td>{r['group']}</td><td>{r['kind']}</td><td>{', '.join(r['producers'])}</td><td>{r['units']}</td>"
-            f"<td>{r['frozen']}</td><td>{r['removed']}</td><td>{r['new']}</td><td>{r['kept']}</td></tr>"
-            for r in self.rows)
-        return ("<table><tr><th>group</th><th>kind</th><th>producers</th><th>units</th><th>frozen</th>"
-                f"<th>removed</th><th>new</th><th>kept</th></tr>{cells}<tr><th>total</th><td></td><td></td>"
-                f"<th>{self.units}</th><td></td><th>{self.removed}</th><th>{self.new}</th>"
-                f"<th>{self.units - self.removed}</th></tr></table>")
+        return html_table(self._COLUMNS, self.rows, total=self._total())
 
     def plot(self, ax=None):
         """Kept and removed units per group (horizontal bars)."""

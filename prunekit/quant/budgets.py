@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import nn
+from .._table import Col, find_row, html_table, text_table
 from .._validate import check_int, check_number, fail
 from ..tensor import Tensor, no_grad
 from .kmeans import SharedWeights
@@ -175,17 +176,22 @@ class ArenaReport:
         self.peak_op = rows[i]["name"] if rows else None
         self.macs = int(sum(r["macs"] for r in rows))
 
+    _COLUMNS = (Col("op", "name", "<6"), Col("type", "op", "<20"), Col("output", "output_shape", "<16"),
+                Col("in", "input_bytes", ">9,d"), Col("out", "output_bytes", ">9,d"), Col("live", "live", ">9,d"),
+                Col("MACs", "macs", ">11,d"))
+
+    def _summary(self):
+        return (f"peak arena {self.peak:,d} bytes at op {self.peak_op} "
+                f"({self.activation_bytes} byte(s) per activation); {self.macs:,d} MACs")
+
     def __repr__(self):
-        head = f"{'op':<6} {'type':<20} {'output':<16} {'in':>9} {'out':>9} {'live':>9} {'MACs':>11}"
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(f"{r['name']:<6} {r['op']:<20} {str(r['output_shape']):<16} {r['input_bytes']:>9,d} "
-                         f"{r['output_bytes']:>9,d} {r['live']:>9,d} {r['macs']:>11,d}")
-        lines.append(f"peak arena {self.peak:,d} bytes at op {self.peak_op} "
-                     f"({self.activation_bytes} byte(s) per activation); {self.macs:,d} MACs")
+        lines = [text_table(self._COLUMNS, self.rows), self._summary()]
         if self.composite:
             lines.append(f"(counted as one op, inner buffers not included: {', '.join(self.composite)})")
         return "\n".join(lines)
+
+    def _repr_html_(self):
+        return f"<p>{self._summary()}</p>" + html_table(self._COLUMNS, self.rows)
 
 
 def activation_arena(model, input_shape, *, activation_bytes=4, fuse_activations=True) -> ArenaReport:
@@ -267,10 +273,7 @@ class BudgetReport:
         self.fits = not self.over
 
     def __getitem__(self, resource):
-        for r in self.rows:
-            if r["resource"] == resource:
-                return r
-        fail("resource", f"one of {[r['resource'] for r in self.rows]}", resource, KeyError)
+        return find_row(self.rows, "resource", resource)
 
     @staticmethod
     def _show(resource, v):

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from .._table import Col, find_row, html_table, text_table
 from .._validate import check_int, check_option, fail
 from ..tensor import Tensor
 
@@ -204,26 +205,18 @@ class SharingReport:
     def __init__(self, rows):
         self.rows = rows
 
+    _COLUMNS = (Col("layer", "name", "<10"), Col("shape", lambda r: tuple(r["shape"]), "<18"),
+                Col("bits", "bits", ">4"), Col("clusters", "clusters", ">8"), Col("used", "used", ">5"),
+                Col("kept", "kept", ">9,d"), Col("rmse", "rmse", ">10.3g"))
+
     def __getitem__(self, name):
-        for r in self.rows:
-            if r["name"] == name:
-                return r
-        fail("name", f"one of {[r['name'] for r in self.rows]}", name, KeyError)
+        return find_row(self.rows, "name", name)
 
     def __repr__(self):
-        head = f"{'layer':<10} {'shape':<18} {'bits':>4} {'clusters':>8} {'used':>5} {'kept':>9} {'rmse':>10}"
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(f"{r['name']:<10} {str(tuple(r['shape'])):<18} {r['bits']:>4} {r['clusters']:>8} "
-                         f"{r['used']:>5} {r['kept']:>9,d} {r['rmse']:>10.3g}")
-        return "\n".join(lines)
+        return text_table(self._COLUMNS, self.rows)
 
     def _repr_html_(self):
-        cells = "".join(
-            f"<tr><td>{r['name']}</td><td>{tuple(r['shape'])}</td><td>{r['bits']}</td><td>{r['clusters']}</td>"
-            f"<td>{r['used']}</td><td>{r['kept']:,}</td><td>{r['rmse']:.3g}</td></tr>" for r in self.rows)
-        return ("<table><tr><th>layer</th><th>shape</th><th>bits</th><th>clusters</th><th>used</th>"
-                f"<th>kept</th><th>rmse</th></tr>{cells}</table>")
+        return html_table(self._COLUMNS, self.rows)
 
 
 def _parent(model, name):

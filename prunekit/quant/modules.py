@@ -44,6 +44,7 @@ from .. import models as _models
 from .. import nn
 from .._backend import use_numba
 from .._glue import batches
+from .._table import Col, html_table
 from .._validate import check_int, check_option, fail
 from ..tensor import Tensor, no_grad
 from .affine import check_int_array, dequantize, quant_params, quantize, qrange
@@ -472,6 +473,16 @@ def _plan(model):
     return steps
 
 
+def _plan_in_eval(model):
+    """:func:`_plan` with ``model`` in eval mode for the call; its training flag is restored after."""
+    was = model.training
+    model.eval()
+    try:
+        return _plan(model)
+    finally:
+        model.train(was)
+
+
 def _flatten(m, name):
     """``[(dotted name, layer)]`` in execution order, nested Sequentials opened up."""
     if isinstance(m, nn.Sequential):
@@ -660,12 +671,11 @@ class QuantReport:
                          f"max error {r['max_error']:.2f} steps")
         return "\n".join(lines)
 
+    _COLUMNS = (Col("op", "name"), Col("output shape", "shape"), Col("SQNR (dB)", "sqnr_db", ".1f"),
+                Col("max error (steps)", "max_error", ".2f"))
+
     def _repr_html_(self):
-        body = "".join(f"<tr><td>{r['name']}</td><td>{r['shape']}</td><td>{r['sqnr_db']:.1f}</td>"
-                       f"<td>{r['max_error']:.2f}</td></tr>" for r in self.rows)
-        head = repr(self).splitlines()[0]
-        return (f"<p>{head}</p><table><tr><th>op</th><th>output shape</th><th>SQNR (dB)</th>"
-                f"<th>max error (steps)</th></tr>{body}</table>")
+        return f"<p>{repr(self).splitlines()[0]}</p>" + html_table(self._COLUMNS, self.rows)
 
     def plot(self, ax=None):
         """SQNR per layer: where the int8 model drifts from the float one."""
@@ -699,12 +709,7 @@ def compare(qmodel, data, *, n_samples=512, batch_size=None) -> QuantReport:
             break
     x, y = np.concatenate(xs)[:n_samples], np.concatenate(ys)[:n_samples]
     model = qmodel.float_model
-    was = model.training
-    model.eval()
-    try:
-        steps = _plan(model)
-    finally:
-        model.train(was)
+    steps = _plan_in_eval(model)
     f, q, qp, rows = x, qmodel.quantize_input(x), qmodel.input_qp, []
     for i, (step, op) in enumerate(zip(steps, qmodel.ops)):
         f = step.float_forward(f)

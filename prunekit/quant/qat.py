@@ -31,7 +31,7 @@ from ..functional import _node
 from ..tensor import Tensor, no_grad
 from .affine import fake_quantize, qrange, quant_params
 from .calibration import DEFAULT_SAMPLES, MovingAverageObserver
-from .modules import QuantizedModel, _Affine, _convert, _plan, _qp, _Residual, _Same, layer_names
+from .modules import QuantizedModel, _Affine, _convert, _plan, _plan_in_eval, _qp, _Residual, _Same, layer_names
 
 __all__ = ["fake_quant", "FakeQuant", "QATAffine", "QATResidual", "prepare_qat", "convert", "half", "HalfModel",
            "choose_bits", "BitWidthPlan"]
@@ -178,12 +178,7 @@ def prepare_qat(model, data=None, *, weight_bits=8, activation_bits=8, per_chann
         fail("model", "a prunekit.nn.Module", type(model).__name__, TypeError)
     check_int("weight_bits", weight_bits, 2, 8)
     check_int("activation_bits", activation_bits, 2, 8)
-    was = model.training
-    model.eval()
-    try:
-        steps = _plan(model)
-    finally:
-        model.train(was)
+    steps = _plan_in_eval(model)
     kw = dict(weight_bits=weight_bits, activation_bits=activation_bits, per_channel=per_channel)
     layers = [FakeQuant(activation_bits)]
     for s in steps:
