@@ -155,59 +155,6 @@ def _agp(answer):
     return None
 
 
-# ------------------------------------------------------------------ 05 structured pruning
-@exercise("05.1", "parameters of a conv layer after removing output filters (and the next layer's inputs)")
-def _conv_params(answer):
-    if (bad := _callable(answer, "params_after(c_in, c_out, k, c_next, removed)")):
-        return bad
-    for c_in, c_out, k, c_next, removed in ((1, 6, 5, 16, 3), (16, 32, 3, 64, 8), (3, 8, 3, 8, 0)):
-        kept = c_out - removed
-        want = (c_in * kept * k * k + kept) + (kept * c_next * k * k + c_next)
-        got = answer(c_in, c_out, k, c_next, removed)
-        if got != want:
-            return (f"params_after{(c_in, c_out, k, c_next, removed)} gave {got}; the two layers keep {want} "
-                    f"(this conv: weights and biases of the kept filters; next conv ({k}x{k}): fewer input channels).")
-    return None
-
-
-@exercise("05.2", "a 2:4 mask: keep the 2 largest |w| of every 4 consecutive weights in a row")
-def _nm_mask(answer):
-    if (bad := _callable(answer, "mask_2_4(weight)")):
-        return bad
-    rng = np.random.default_rng(_RNG_SEED + 6)
-    w = rng.standard_normal((3, 8))
-    groups = np.abs(w).reshape(3, 2, 4)
-    order = np.argsort(-groups, axis=-1, kind="stable")[..., :2]
-    want = np.zeros_like(groups)
-    np.put_along_axis(want, order, 1.0, axis=-1)
-    return _close(answer(w), want.reshape(3, 8), "mask_2_4(weight)")
-
-
-# ------------------------------------------------------------------ 06 sparse kernels
-@exercise("06.1", "CSR arrays (data, indices, indptr) of a dense matrix")
-def _csr(answer):
-    if (bad := _callable(answer, "to_csr(a)")):
-        return bad
-    rng = np.random.default_rng(_RNG_SEED + 7)
-    a = rng.standard_normal((5, 7)) * (rng.random((5, 7)) < 0.3)
-    a[2] = 0  # an empty row
-    rows, cols = np.nonzero(a)
-    want_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=5))])
-    data, indices, indptr = answer(a)
-    return (_close(indptr, want_indptr, "indptr") or _close(indices, cols, "indices")
-            or _close(data, a[rows, cols], "data"))
-
-
-@exercise("06.2", "the best batch-1 speed-up of CSR (float32 values, uint16 indices) over dense at density d")
-def _csr_bound(answer):
-    if (bad := _callable(answer, "csr_speedup_bound(d)")):
-        return bad
-    for d in (0.5, 0.1, 0.05):
-        if (bad := _close(answer(d), 4.0 / (6.0 * d), f"csr_speedup_bound({d})", rtol=1e-3)):
-            return bad + " (Dense reads 4 bytes per weight; CSR reads 4 + 2 bytes per kept weight.)"
-    return None
-
-
 # ------------------------------------------------------------------ 07 distributed training
 @exercise("07.1", "the time of a ring all-reduce: 2 (N - 1) (alpha + b / (N beta)), 0 for one worker")
 def _ring_time(answer):
@@ -350,3 +297,7 @@ def _fits(answer):
         if bool(answer(*args)) != want:
             return f"fits{args} should be {want}."
     return None
+
+
+# Notebooks 05 and 06 keep their checkers in their own module (registered on import).
+from . import _exercise_checks_05_06  # noqa: E402,F401

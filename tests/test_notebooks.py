@@ -21,16 +21,10 @@ from prunekit import exercises
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-IN_PARALLEL = {"05", "06", "09"}   # being written in other worktrees; the lead removes this
 
 
 def _params():
-    out = []
-    for p in PATHS:
-        marks = ([pytest.mark.xfail(strict=False, reason="being written in parallel")]
-                 if p.name[:2] in IN_PARALLEL else [])
-        out.append(pytest.param(p, id=p.stem, marks=marks))
-    return out
+    return [pytest.param(p, id=p.stem) for p in PATHS]
 
 
 def _cells(path):
