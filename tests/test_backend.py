@@ -25,18 +25,10 @@ import prunekit._conv_kernels as K
 import prunekit.functional as F
 from prunekit import _backend, _jit, models, optim
 from prunekit.tensor import Tensor
+from backendhelpers import on_both
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def on_both(fn):
-    """``fn()`` under the numba backend and under the numpy backend: (numba result, numpy result)."""
-    with pk.backend("numba"):
-        fast = fn()
-    with pk.backend("numpy"):
-        ref = fn()
-    return fast, ref
 
 
 def assert_close(got, want, dtype):

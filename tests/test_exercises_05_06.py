@@ -1,4 +1,5 @@
-"""Notebooks 05 and 06: every exercise check accepts its reference solution and rejects wrong answers."""
+"""Notebooks 05 and 06: the checks say what is wrong (accepting the reference and rejecting a wrong
+answer is tested for every exercise in tests/test_exercises.py)."""
 import numpy as np
 import pytest
 
@@ -12,23 +13,6 @@ IDS = ["05.1", "05.2", "06.1", "06.2"]
 def test_the_four_exercises_are_registered_with_a_solution():
     assert set(IDS) <= set(exercises.registered())
     assert set(SOLUTIONS) == set(IDS)
-
-
-@pytest.mark.parametrize("id", IDS)
-def test_check_accepts_the_reference_and_rejects_a_wrong_answer(id):
-    right, wrong = SOLUTIONS[id]
-    verdict = exercises.check(id, right)
-    assert verdict.ok and verdict.message == f"Exercise {id}: correct."
-    verdict = exercises.check(id, wrong)
-    assert not verdict.ok and "not yet" in verdict.message
-
-
-@pytest.mark.parametrize("id", IDS)
-def test_an_unanswered_stub_is_not_an_error(id):
-    def stub(*args):
-        raise NotImplementedError
-    assert "not answered yet" in exercises.check(id, None).message
-    assert "not answered yet" in exercises.check(id, stub).message
 
 
 def _alive(W1, b1):

@@ -19,6 +19,7 @@ import prunekit as pk
 from prunekit import Tensor, nn, no_grad
 from prunekit.sparse import BSR, CSR, NM, Int8Weight, kernels, to_sparse
 from prunekit.sparse.modules import FusedChain
+from backendhelpers import on_both
 
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*parallel=True' was specified but no transformation")
 
@@ -55,15 +56,6 @@ def conv_has_numpy_path():
 exec(CONV_PROBE)
 needs_numpy_conv = pytest.mark.skipif(not conv_has_numpy_path(), reason=(
     "F.conv2d/max_pool2d/im2col have no NumPy path on this branch yet (the backend helper's part of issue 9)"))
-
-
-def on_both(fn):
-    """(numba result, numpy result) of ``fn()``."""
-    with pk.backend("numba"):
-        a = fn()
-    with pk.backend("numpy"):
-        b = fn()
-    return a, b
 
 
 def test_numpy_backend_runs_every_sparse_op_without_importing_numba():
