@@ -177,12 +177,7 @@ def export_onnx(model, path, *, quantized=False, input_shape=None):
         if isinstance(model, M.QuantizedModel) or not isinstance(model, nn.Module):
             fail("model", "a float prunekit model when quantized=False (pass quantized=True for a QuantizedModel)",
                  type(model).__name__, TypeError)
-        was = model.training
-        model.eval()
-        try:
-            steps = M._plan(model)
-        finally:
-            model.train(was)
+        steps = M._plan_in_eval(model)
         first = next((s.conv1 if isinstance(s, M._Residual) else s for s in steps
                       if isinstance(s, (M._Affine, M._Residual))), None)
         x = "input"
