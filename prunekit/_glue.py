@@ -80,6 +80,10 @@ def as_pair(data, where="data"):
             _fail(where, "an (x, y) pair with as many targets as inputs", f"{len(x)} inputs and {len(y)} targets")
         return x, y
     if _is_dataset(data) and not hasattr(data, "batch_size") and not _is_array(data):
+        from .data import ArrayDataset, _collate  # data.py is imported on first use, not with prunekit
+
+        if isinstance(data, ArrayDataset):  # its arrays as they are, not stacked back item by item
+            return data.x, data.y
         n = len(data)
         if n == 0:
             return np.empty((0,)), np.empty((0,))
@@ -88,7 +92,7 @@ def as_pair(data, where="data"):
         if bad is not None:
             _fail(where, "a dataset whose __getitem__ returns (x, y) pairs", f"an item of type {type(bad).__name__}",
                   TypeError)
-        return np.stack([np.asarray(it[0]) for it in items]), np.asarray([it[1] for it in items])
+        return _collate(items)
     return None
 
 
