@@ -2,6 +2,8 @@
 
     python benchmarks/structured.py                       # LeNet-5 and VGG-small, quick settings
     python benchmarks/structured.py --models lenet5 vgg resnet --train 60000 --epochs 8 --finetune 3 --reps 30
+    python benchmarks/structured.py ... --save runs/s   # keep the trained models (nn.save) ...
+    python benchmarks/structured.py ... --load runs/s   # ... and re-time them later without retraining
 
 For each model: train dense, then for 25/50/75% of the channels removed (L1 norm of
 the filters, Li et al. 2017; coupled residual channels as one unit) prune a copy,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import tempfile
 import time
@@ -67,14 +70,29 @@ def _file_bytes(model):
 
 def run(name, data, args):
     (x, y), (xt, yt) = data
-    model = MODELS[name]()
+    store = args.save or args.load
+    path = (lambda tag: os.path.join(store, f"{name}_{tag}")) if store else None
     t0 = time.perf_counter()
-    _train(model, x, y, args.epochs, args.lr)
-    trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
-    # the fair baseline: the dense model fine-tuned exactly as the shrunk ones are
-    reference = copy.deepcopy(model)
-    _train(reference, x, y, args.finetune, args.lr / 4)
+    if args.load:
+        model, reference = pk.nn.load(path("dense")), pk.nn.load(path("reference"))
+        with open(os.path.join(args.load, f"{name}.json")) as f:
+            settings = json.load(f)
+        print(f"\n## {name}: models loaded from {args.load} (trained with {settings})")
+        trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
+    else:
+        model = MODELS[name]()
+        _train(model, x, y, args.epochs, args.lr)
+        trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
+        # the fair baseline: the dense model fine-tuned exactly as the shrunk ones are
+        reference = copy.deepcopy(model)
+        _train(reference, x, y, args.finetune, args.lr / 4)
     dense_acc = pk.evaluate(reference, (xt, yt))["accuracy"]
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        pk.nn.save(model, path("dense"))
+        pk.nn.save(reference, path("reference"))
+        with open(os.path.join(args.save, f"{name}.json"), "w") as f:
+            json.dump({k: getattr(args, k) for k in ("train", "epochs", "finetune", "lr")}, f)
     print(f"\n## {name}: dense test accuracy {trained_acc:.4f} after {args.epochs} epochs, {dense_acc:.4f} after "
           f"{args.finetune} more at lr/4 (the baseline below) ({time.perf_counter() - t0:.0f} s)\n")
     dense_prof = profile(model, (1, 1, 28, 28), repeats=3)
@@ -87,8 +105,13 @@ def run(name, data, args):
     for amount in args.amounts:
         masked = copy.deepcopy(model)
         prune_structured(masked, amount, structure="channel", score="l1", example_input=ex)
-        small = shrink(masked, ex)
-        _train(small, x, y, args.finetune, args.lr / 4)
+        if args.load:
+            small = pk.nn.load(path(f"shrunk{amount:g}"))
+        else:
+            small = shrink(masked, ex)
+            _train(small, x, y, args.finetune, args.lr / 4)
+            if args.save:
+                pk.nn.save(small, path(f"shrunk{amount:g}"))
         acc = pk.evaluate(small, (xt, yt))["accuracy"]
         # the masked model gets the fine-tuned weights back (same outputs), so the timings compare like with like
         prof = profile(small, (1, 1, 28, 28), repeats=3)
@@ -113,7 +136,11 @@ def main():
     ap.add_argument("--finetune", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--save", metavar="DIR", help="write the trained dense and shrunk models here (nn.save)")
+    ap.add_argument("--load", metavar="DIR", help="time models written by --save instead of training")
     args = ap.parse_args()
+    if args.save and args.load:
+        ap.error("--save and --load exclude each other")
     (x, y), (xt, yt) = pk.data.load_fashion_mnist(flatten=False)
     x = x.reshape(-1, 1, 28, 28)[:args.train]
     y = y[:args.train]
