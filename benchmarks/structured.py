@@ -73,28 +73,28 @@ def run(name, data, args):
     store = args.save or args.load
     path = (lambda tag: os.path.join(store, f"{name}_{tag}")) if store else None
     t0 = time.perf_counter()
+    settings = {k: getattr(args, k) for k in ("train", "epochs", "finetune", "lr")}
     if args.load:
         model, reference = pk.nn.load(path("dense")), pk.nn.load(path("reference"))
         with open(os.path.join(args.load, f"{name}.json")) as f:
-            settings = json.load(f)
-        print(f"\n## {name}: models loaded from {args.load} (trained with {settings})")
-        trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
+            settings = json.load(f)    # what the models were trained with, not this run's flags
+        print(f"\n## {name}: models loaded from {args.load}")
     else:
         model = MODELS[name]()
         _train(model, x, y, args.epochs, args.lr)
-        trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
         # the fair baseline: the dense model fine-tuned exactly as the shrunk ones are
         reference = copy.deepcopy(model)
         _train(reference, x, y, args.finetune, args.lr / 4)
+    trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
     dense_acc = pk.evaluate(reference, (xt, yt))["accuracy"]
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         pk.nn.save(model, path("dense"))
         pk.nn.save(reference, path("reference"))
         with open(os.path.join(args.save, f"{name}.json"), "w") as f:
-            json.dump({k: getattr(args, k) for k in ("train", "epochs", "finetune", "lr")}, f)
-    print(f"\n## {name}: dense test accuracy {trained_acc:.4f} after {args.epochs} epochs, {dense_acc:.4f} after "
-          f"{args.finetune} more at lr/4 (the baseline below) ({time.perf_counter() - t0:.0f} s)\n")
+            json.dump(settings, f)
+    print(f"\n## {name}: dense test accuracy {trained_acc:.4f} after {settings['epochs']} epochs, {dense_acc:.4f} "
+          f"after {settings['finetune']} more at lr/4 (the baseline below) ({time.perf_counter() - t0:.0f} s)\n")
     dense_prof = profile(model, (1, 1, 28, 28), repeats=3)
     print("| removed | accuracy (fine-tuned) | Δ points | params | MACs/image | MAC ratio | file bytes "
           "| b1 dense / masked / shrunk (ms) | b1 speed-up | b256 dense / masked / shrunk (ms) | b256 speed-up |")
