@@ -439,12 +439,40 @@ def test_gradients_accumulate_across_backward_calls():
     np.testing.assert_allclose(x.grad, 2 * w.data + 3.0)
 
 
-def test_backward_twice_on_the_same_graph():
+def test_backward_twice_on_the_same_graph_needs_retain_graph():
+    # PyTorch's rule: the first backward() frees the graph unless retain_graph=True.
     x = leaf((3,), 31)
     loss = (x * x).sum()
-    loss.backward()
+    loss.backward(retain_graph=True)
     loss.backward()
     np.testing.assert_allclose(x.grad, 4 * x.data)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        loss.backward()
+    np.testing.assert_allclose(x.grad, 4 * x.data)  # the refused call added nothing
+
+
+def test_backward_frees_the_graph_without_the_cycle_collector():
+    # Each closure refers to its own output, so before backward() freed the graph every node sat in a
+    # reference cycle and its arrays waited for gc (several GB for a CNN at batch 128).
+    import gc
+    import weakref
+    x = leaf((4, 3), 32)
+    w = leaf((3, 2), 33)
+    gc.disable()
+    try:
+        hidden = (x @ w).relu()
+        probe = weakref.ref(hidden)
+        (hidden * hidden).sum().backward()
+        del hidden
+        assert probe() is None, "an interior node outlived its graph: a reference cycle is left"
+        kept = (x @ w).relu()
+        probe = weakref.ref(kept)
+        (kept * kept).sum().backward(retain_graph=True)
+        del kept
+        assert probe() is not None  # retain_graph keeps the closures (and so the cycle) until gc
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def test_deep_chain_does_not_hit_recursion_limit():
