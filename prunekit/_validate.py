@@ -67,15 +67,14 @@ def check_number(name, value, low=None, high=None, closed="[]", integer=False):
     """
     kind = "an int" if integer else "a number"
     ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-    where = caller(1)
     if isinstance(value, bool) or not ok_type:
-        fail(name, kind, repr(value), TypeError, where)
+        fail(name, kind, repr(value), TypeError)
     if not np.isfinite(value):
-        fail(name, f"a finite {kind[2:] if integer else 'number'}", repr(value), ValueError, where)
+        fail(name, f"a finite {kind[2:] if integer else 'number'}", repr(value), ValueError)
     lo_ok = low is None or (value >= low if closed[0] == "[" else value > low)
     hi_ok = high is None or (value <= high if closed[1] == "]" else value < high)
     if not (lo_ok and hi_ok):
-        fail(name, f"{kind} in the range {_interval(low, high, closed)}", repr(value), ValueError, where)
+        fail(name, f"{kind} in the range {_interval(low, high, closed)}", repr(value), ValueError)
     return value
 
 
@@ -98,11 +97,10 @@ def check_option(name, value, options):
 
 def check_array(name, value, ndim=None, dtype_kind=None):
     """Check an ndarray's number of dimensions and dtype kind ('f', 'i', 'iu', ...)."""
-    where = caller(1)
     if not isinstance(value, np.ndarray):
-        fail(name, "a numpy.ndarray", type(value).__name__, TypeError, where)
+        fail(name, "a numpy.ndarray", type(value).__name__, TypeError)
     if ndim is not None and value.ndim not in np.atleast_1d(ndim):
-        fail(name, f"an array with ndim {ndim}", f"shape {value.shape}", ValueError, where)
+        fail(name, f"an array with ndim {ndim}", f"shape {value.shape}", ValueError)
     if dtype_kind is not None and value.dtype.kind not in dtype_kind:
-        fail(name, f"an array of dtype kind {dtype_kind!r}", str(value.dtype), TypeError, where)
+        fail(name, f"an array of dtype kind {dtype_kind!r}", str(value.dtype), TypeError)
     return value
