@@ -125,32 +125,38 @@ def reloaded(qmodel, path):
     return quant.load_exported(path), path
 
 
-def int8_ptq(ctx, model=None, weight_bits=8, tag="int8"):
+def int8_ptq(ctx, model=None, weight_bits=8, per_channel=True, tag="int8"):
     """Post-training static quantization of ``model`` (default: the dense one), calibrated on ``ctx.calibration``."""
     model = ctx.dense if model is None else model
-    q = quant.quantize_model(model, ctx.calibration, weight_bits=weight_bits, per_channel=True,
+    q = quant.quantize_model(model, ctx.calibration, weight_bits=weight_bits, per_channel=per_channel,
                              n_samples=len(ctx.calibration[0]))
     return reloaded(q, os.path.join(ctx.workdir, f"{tag}.npz"))
 
 
-def qat_4bit(ctx):
+def qat_4bit(ctx, per_channel=True):
     """4-bit weights, 8-bit activations, trained with fake quantization from the dense model, then converted."""
-    qat = quant.prepare_qat(ctx.dense, ctx.calibration, weight_bits=4, activation_bits=8,
+    qat = quant.prepare_qat(ctx.dense, ctx.calibration, weight_bits=4, activation_bits=8, per_channel=per_channel,
                             n_samples=len(ctx.calibration[0]))
     epochs = ctx.recipe["qat_epochs"]
     opt = pk.optim.SGD(qat.parameters(), lr=0.01, momentum=0.9)
     pk.fit(qat, pk.data.DataLoader(*ctx.train, 128, shuffle=True, seed=1), opt, epochs,
            scheduler=pk.optim.CosineAnnealingLR(opt, epochs), progress=False)
-    return reloaded(quant.convert(qat), os.path.join(ctx.workdir, "qat4.npz"))
+    return reloaded(quant.convert(qat), os.path.join(ctx.workdir, "qat4.npz" if per_channel else "qat4_tensor.npz"))
 
 
 STAGES = [
     Stage("int8 PTQ (dense; per-channel, integer-only)", int8_ptq),
     Stage("int8 PTQ of the pruned model", lambda ctx: int8_ptq(ctx, ctx.pruned, tag="int8_pruned")),
-    Stage("4-bit PTQ (4-bit weights, int8 activations)", lambda ctx: int8_ptq(ctx, weight_bits=4, tag="ptq4")),
-    Stage("QAT 4-bit (4-bit weights, int8 activations)", qat_4bit),
+    Stage("4-bit PTQ (4-bit weights per channel, int8 activations)",
+          lambda ctx: int8_ptq(ctx, weight_bits=4, tag="ptq4")),
+    Stage("QAT 4-bit (4-bit weights per channel, int8 activations)", qat_4bit),
+    Stage("4-bit PTQ, one weight scale per tensor",
+          lambda ctx: int8_ptq(ctx, weight_bits=4, per_channel=False, tag="ptq4_tensor")),
+    Stage("QAT 4-bit, one weight scale per tensor", lambda ctx: qat_4bit(ctx, per_channel=False)),
 ]
-"""The rows after Deep Compression's; append a :class:`Stage` to add one."""
+"""The rows after Deep Compression's; append a :class:`Stage` to add one. The per-tensor 4-bit pair
+shows what QAT is for: with one scale per output channel 4-bit weights lose little even after
+training, with one scale per tensor (what some accelerators support) they lose more, and QAT wins it back."""
 
 
 def cpu_name():
@@ -326,24 +332,29 @@ class Measured(NamedTuple):
 
 
 def measure(rows, x, workdir, repeats):
-    """Batch-1 latency of every row in prunekit (dense and, if pruned, sparse kernels) and ONNX Runtime."""
-    out = []
+    """Batch-1 latency of every row in prunekit (dense and, if pruned, sparse kernels) and ONNX Runtime.
+
+    All the runners of all the rows are timed in one interleaved loop (:func:`interleaved_latency`),
+    so the rows compare with each other as fairly as the runners of one row do.
+    """
+    runners, checks = {}, []
     for i, row in enumerate(rows):
-        runners = {"prunekit": _prunekit_runner(row.model)}
+        runners[i, "prunekit"] = _prunekit_runner(row.model)
         if not isinstance(row.model, quant.QuantizedModel) and P.is_pruned(row.model):
-            runners["sparse"] = _prunekit_runner(pk.sparse.to_sparse(row.model, "auto"))
+            runners[i, "sparse"] = _prunekit_runner(pk.sparse.to_sparse(row.model, "auto"))
         session, check = ort_session(row.model, x[:ORT_CHECK_IMAGES], workdir, f"row{i}")
         if check is not None and check.agrees:
-            runners["ort"] = lambda xi, s=session: s.run(None, {"input": xi})
-        t = interleaved_latency(runners, x, repeats)
-        out.append(Measured(row.stage, row.accuracy, row.nbytes, t["prunekit"], t.get("sparse"), t.get("ort"), check))
-    return out
+            runners[i, "ort"] = lambda xi, s=session: s.run(None, {"input": xi})
+        checks.append(check)
+    t = interleaved_latency(runners, x, repeats)
+    return [Measured(row.stage, row.accuracy, row.nbytes, t[i, "prunekit"], t.get((i, "sparse")), t.get((i, "ort")),
+                     checks[i]) for i, row in enumerate(rows)]
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def model_rows(name, recipe, train, test, stages=None, repeats=300, log=print):
+def model_rows(name, recipe, train, test, stages=None, repeats=500, log=print):
     """Deep Compression, then the :data:`STAGES` rows, then latencies: ``(list of Measured, report, shared model)``."""
     rows, report, model = deep_compression(name, recipe, train, test, log=log)
     pick = np.random.default_rng(0).choice(len(train[0]), min(CALIBRATION_SAMPLES, len(train[0])), replace=False)
@@ -391,7 +402,7 @@ def run(names, quick=False):
         if quick:
             tr, te = (tr[0][:2000], tr[1][:2000]), (te[0][:500], te[1][:500])
             recipe.update(train_epochs=1, prune_rounds=1, prune_epochs=1, share_epochs=1, qat_epochs=1)
-        measured, report, model = model_rows(name, recipe, tr, te, repeats=50 if quick else 300)
+        measured, report, model = model_rows(name, recipe, tr, te, repeats=50 if quick else 500)
         results[name] = measured
         print(report)
         print(f"\n{name} on Fashion-MNIST ({len(te[0])} test images)\n")
