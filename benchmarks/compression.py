@@ -10,7 +10,8 @@ rows of :data:`STAGES` (affine quantization, Jacob et al. 2018): int8 post-train
 quantization of the dense and of the pruned model (per-channel symmetric weights, per-tensor
 activations calibrated on 256 training images, integer-only forward), 4-bit weights after
 training (to show why QAT is needed) and 4-bit QAT (fake-quant fine-tuning from the dense
-model, then converted to the integer model).
+model, then converted to the integer model), each 4-bit pair with one weight scale per output
+channel and with one per tensor.
 Every "bytes on disk" figure is the size of a file actually written
 (``nn.save`` for the dense model, ``quant.save_compressed`` for the pruned and the
 compressed ones, ``quant.export`` for the quantized ones), every overhead included
@@ -21,8 +22,9 @@ model read back from its file (``quant.load_compressed`` + ``quant.unshare``, ``
 "batch-1 ONNX Runtime" runs the same model exported with ``quant.export_onnx`` (float graph for the
 float rows, QDQ for the quantized ones) in ONNX Runtime with one intra-op thread, after checking that it
 agrees with prunekit on up to 1,000 test images (float: allclose; QDQ: within one output quantization
-step); "-" if onnxruntime is not installed. The latencies of a row are medians over single images,
-timed interleaved (each image goes through every runner in turn).
+step; a row that misses is not timed and says by how many steps); "-" if onnxruntime is not
+installed. Latencies are medians over single test images, timed interleaved: each image goes
+through every runner of every row in turn.
 
 Adding a row: append a :class:`Stage` ``(name, build)`` to :data:`STAGES`; ``build(ctx)`` gets a
 :class:`Context` (the trained dense and pruned models, the data, a directory) and returns the model
@@ -223,7 +225,7 @@ def deep_compression(name, recipe, train, test, log=print):
 
 
 def stage_rows(ctx, stages=None, log=print):
-    """One :class:`Row` per :class:`Stage` (default :data:`STAGES`), each measured on the model read back from its file."""
+    """One :class:`Row` per :class:`Stage` (default :data:`STAGES`), measured on the model read back from its file."""
     rows = []
     for stage in STAGES if stages is None else stages:
         t = time.perf_counter()
@@ -256,7 +258,8 @@ def _predict(model, x):
 
 def ort_session(model, x, workdir, tag):
     """Export ``model`` to ONNX (float graph, or QDQ for a QuantizedModel), open it in ONNX Runtime with one
-    intra-op thread and check it against prunekit on ``x``: ``(session, OrtCheck)``; ``(None, None)`` without onnxruntime.
+    intra-op thread and check it against prunekit on ``x``: ``(session, OrtCheck)``, or ``(None, None)``
+    without onnxruntime.
 
     Float: ``allclose`` (rtol 1e-4, atol 1e-4 of the largest output). QDQ: every output within one
     quantization step (the output scale) of prunekit's integer model, as issue 12 asks.
@@ -373,7 +376,7 @@ def _ort_cell(m):
     c = m.ort_check
     if c is None:
         return "-"
-    return _us(m.ort_s) if c.agrees else f"disagrees ({c.max_diff / c.tolerance:.1f} steps)"
+    return _us(m.ort_s) if c.agrees else f"not timed: {c.max_diff / c.tolerance:.1f} steps off"
 
 
 def table(measured):
