@@ -290,24 +290,25 @@ def ort_session(model, x, workdir, tag):
 # --------------------------------------------------------------------------- batch-1 latency
 
 
-def interleaved_latency(runners, x, repeats):
+def interleaved_latency(runners, x, repeats, seed=0):
     """Median seconds per call of each ``runners[name](one image)``, timed interleaved.
 
-    Image ``i`` goes through every runner in turn, the order rotating by one each time,
-    so a busy patch of a shared machine slows all of them alike. One untimed call each
-    first (numba compilation, ONNX Runtime's first run).
+    Image ``i`` goes through every runner in turn, in a fresh random order each time
+    (``seed``), so a busy patch of a shared machine slows all of them alike and no runner
+    always follows the same one (whose cache footprint it would inherit). One untimed
+    call each first (numba compilation, ONNX Runtime's first run).
     """
     names = list(runners)
     for n in names:
         runners[n](x[:1])
+    rng = np.random.default_rng(seed)
     times = {n: [] for n in names}
     for i in range(repeats):
         xi = x[i % len(x)][None]
-        k = i % len(names)
-        for n in names[k:] + names[:k]:
+        for k in rng.permutation(len(names)):
             t = time.perf_counter()
-            runners[n](xi)
-            times[n].append(time.perf_counter() - t)
+            runners[names[k]](xi)
+            times[names[k]].append(time.perf_counter() - t)
     return {n: float(np.median(v)) for n, v in times.items()}
 
 

@@ -197,17 +197,22 @@ def test_onnx_runtime_missing_gives_a_dash(cb, quick_lenet300, monkeypatch):
     assert "not timed: 3.0 steps off" in cb.table([bad])
 
 
-def test_interleaved_latency_sends_each_image_through_every_runner_in_rotating_order(cb):
+def test_interleaved_latency_sends_each_image_through_every_runner_in_shuffled_order(cb):
     import numpy as np
 
     calls = []
     runners = {k: (lambda xi, k=k: calls.append((k, xi.shape, float(xi[0, 0])))) for k in "abc"}
     x = np.arange(4, dtype=np.float32)[:, None]
-    t = cb.interleaved_latency(runners, x, repeats=6)
+    t = cb.interleaved_latency(runners, x, repeats=8)
     assert set(t) == set("abc") and all(v >= 0 for v in t.values())
     assert [c[0] for c in calls[:3]] == ["a", "b", "c"]           # one untimed call each first
     timed = calls[3:]
-    assert len(timed) == 18 and all(c[1] == (1, 1) for c in timed)
-    rounds = [timed[i:i + 3] for i in range(0, 18, 3)]
-    assert all({c[2] for c in r} == {float(i % 4)} for i, r in enumerate(rounds))   # image i in round i
-    assert [r[0][0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]              # the order rotates
+    assert len(timed) == 24 and all(c[1] == (1, 1) for c in timed)
+    rounds = [timed[i:i + 3] for i in range(0, 24, 3)]
+    assert all({c[2] for c in r} == {float(i % 4)} for i, r in enumerate(rounds))   # image i in round i ...
+    assert all(sorted(c[0] for c in r) == ["a", "b", "c"] for r in rounds)         # ... through every runner
+    orders = [tuple(c[0] for c in r) for r in rounds]
+    assert len(set(orders)) > 1                                                     # in a shuffled order
+    calls.clear()
+    cb.interleaved_latency(runners, x, repeats=8)
+    assert [tuple(c[0] for c in calls[3 + i:6 + i]) for i in range(0, 24, 3)] == orders   # seeded: the same order
