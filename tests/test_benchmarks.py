@@ -1,5 +1,6 @@
 """The benchmark harnesses in benchmarks/: their bookkeeping, not their timings (those live in BENCHMARKS.md)."""
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,113 @@ def test_busy_core_holds_a_core_and_lets_it_go(kb):
         time.sleep(0.3)
     spent = cpu_of_children() - t0
     assert spent > 0.1  # the child really spun (0.6 s of wall time, at least a share of one core)
+
+
+# ------------------------------------------------------------------ compression.py: the quantized rows and ONNX Runtime
+@pytest.fixture(scope="module")
+def cb():
+    return load("compression")
+
+
+@pytest.fixture(scope="module")
+def quick_lenet300(cb, tmp_path_factory):
+    """The --quick recipe of LeNet-300-100 on 2,000 / 300 Fashion-MNIST images, plus one user-added Stage."""
+    import numpy as np
+
+    import prunekit as pk
+    from prunekit import quant
+
+    (x, y), (xt, yt) = pk.data.load_fashion_mnist(flatten=True)
+    train, test = (x[:2000], y[:2000]), (xt[:300], yt[:300])
+    recipe = dict(cb.RECIPES["lenet300"], train_epochs=1, prune_rounds=1, prune_epochs=1, share_epochs=1,
+                  qat_epochs=1)
+    seen = {}
+
+    def per_tensor_int8(ctx):
+        seen["ctx"] = ctx
+        q = quant.quantize_model(ctx.dense, ctx.calibration, per_channel=False)
+        return cb.reloaded(q, os.path.join(ctx.workdir, "per_tensor.npz"))
+
+    stages = cb.STAGES + [cb.Stage("int8 PTQ, per-tensor weights", per_tensor_int8)]
+    rows, _, _ = cb.deep_compression("tiny", recipe, train, test, log=lambda s: None)
+    workdir = tmp_path_factory.mktemp("compression")
+    pick = np.random.default_rng(0).choice(len(train[0]), cb.CALIBRATION_SAMPLES, replace=False)
+    ctx = cb.Context(rows[0].model, rows[1].model, train, test, (train[0][pick], train[1][pick]), recipe,
+                     str(workdir))
+    rows += cb.stage_rows(ctx, stages, log=lambda s: None)
+    return rows, ctx, seen, workdir
+
+
+
+def test_quantized_rows_are_models_read_back_from_their_files(cb, quick_lenet300):
+    from prunekit import quant
+
+    rows, ctx, seen, workdir = quick_lenet300
+    by = {r.stage.split(" (")[0]: r for r in rows}
+    assert list(by)[:3] == ["dense float32", "pruned", "pruned + k-means + Huffman"]
+    dense = by["dense float32"]
+    int8, ptq4, qat4 = by["int8 PTQ"], by["4-bit PTQ"], by["QAT 4-bit"]
+    for r in (int8, by["int8 PTQ of the pruned model"], ptq4, qat4, by["int8 PTQ, per-tensor weights"]):
+        assert isinstance(r.model, quant.QuantizedModel)
+        assert r.model.float_model is None                      # loaded from a file, not the in-memory result
+        again = quant.export(r.model, workdir / "again.npz")   # the file it came from had exactly these bytes
+        assert os.path.getsize(again) == r.nbytes
+        assert r.accuracy == pytest.approx(float((r.model.run(ctx.test[0]).argmax(1) == ctx.test[1]).mean()))
+    assert 3.6 < dense.nbytes / int8.nbytes <= 4.0                # int8: ~4x below float32 (scales, biases, manifest)
+    assert 7.0 < dense.nbytes / qat4.nbytes <= 8.0                # 4-bit weights, bit-packed: ~8x
+    assert quant.read_manifest(workdir / "qat4.npz")["ops"][0]["attrs"]["packed_bits"] == 4
+    assert abs(dense.accuracy - int8.accuracy) <= 0.02           # 300 images: coarse, but int8 is close
+    # the user-added stage got the context the docstring promises
+    ctx_seen = seen["ctx"]
+    assert ctx_seen.dense is dense.model and ctx_seen.pruned is by["pruned"].model
+    assert len(ctx_seen.calibration[0]) == cb.CALIBRATION_SAMPLES
+    assert ctx_seen.recipe["qat_epochs"] == 1
+
+
+def test_onnx_runtime_agrees_with_every_row_and_is_timed(cb, quick_lenet300):
+    pytest.importorskip("onnxruntime")
+    rows, ctx, _, workdir = quick_lenet300
+    measured = cb.measure(rows, ctx.test[0], str(workdir), repeats=3)
+    assert [m.stage for m in measured] == [r.stage for r in rows]
+    for m in measured:
+        c = m.ort_check
+        assert c.kind == ("QDQ" if "PTQ" in m.stage or "QAT" in m.stage else "float")
+        assert c.agrees and c.max_diff <= c.tolerance and c.same_class > 0.95, m
+        assert m.ort_s > 0 and m.prunekit_s > 0
+        assert (m.sparse_s is not None) == m.stage.startswith("pruned")
+    md = cb.table(measured)
+    assert md.count("\n") == len(rows) + 1 and "not timed" not in md
+
+
+def test_onnx_runtime_missing_gives_a_dash(cb, quick_lenet300, monkeypatch):
+    import sys
+
+    rows, ctx, _, workdir = quick_lenet300
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)       # import onnxruntime -> ImportError
+    assert cb.ort_session(rows[0].model, ctx.test[0][:10], str(workdir), "x") == (None, None)
+    measured = cb.measure(rows[:1], ctx.test[0], str(workdir), repeats=2)
+    assert measured[0].ort_s is None and measured[0].ort_check is None
+    assert cb.table(measured).splitlines()[-1].endswith("| - | - |")
+    bad = measured[0]._replace(ort_check=cb.OrtCheck("QDQ", False, 0.3, 0.1, 0.9))
+    assert "not timed: 3.0 steps off" in cb.table([bad])
+
+
+def test_interleaved_latency_sends_each_image_through_every_runner_in_shuffled_order(cb):
+    import numpy as np
+
+    calls = []
+    runners = {k: (lambda xi, k=k: calls.append((k, xi.shape, float(xi[0, 0])))) for k in "abc"}
+    x = np.arange(4, dtype=np.float32)[:, None]
+    t = cb.interleaved_latency(runners, x, repeats=8)
+    assert set(t) == set("abc") and all(v >= 0 for v in t.values())
+    assert [c[0] for c in calls[:3]] == ["a", "b", "c"]           # one untimed call each first
+    timed = calls[3:]
+    assert len(timed) == 24 and all(c[1] == (1, 1) for c in timed)
+    rounds = [timed[i:i + 3] for i in range(0, 24, 3)]
+    assert all({c[2] for c in r} == {float(i % 4)} for i, r in enumerate(rounds))   # image i in round i ...
+    assert all(sorted(c[0] for c in r) == ["a", "b", "c"] for r in rounds)         # ... through every runner
+    orders = [tuple(c[0] for c in r) for r in rounds]
+    assert len(set(orders)) > 1                                                     # in a shuffled order
+    calls.clear()
+    cb.interleaved_latency(runners, x, repeats=8)
+    assert [tuple(c[0] for c in calls[3 + i:6 + i]) for i in range(0, 24, 3)] == orders   # seeded: the same order
