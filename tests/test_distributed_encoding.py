@@ -123,3 +123,118 @@ def test_encoding_registry():
         dist.register_encoding("float64_test", F64)
     with pytest.raises(TypeError, match="cls must be"):
         dist.register_encoding("nope_test", dict)
+
+
+# ------------------------------------------------------------------ the sparsifiers' encoding= option
+def grads(n=4, d=300, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal((n, d)) * scale).astype(np.float32)
+
+
+def _f16(a):
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+SPARSIFIERS = [lambda e: dist.TopK(0.05, encoding=e), lambda e: dist.RandomK(0.1, seed=1, encoding=e),
+               lambda e: dist.Threshold(1.5, encoding=e), lambda e: dist.DGC(0.05, momentum=0.9, encoding=e)]
+
+
+@pytest.mark.parametrize("make", SPARSIFIERS)
+def test_encoding_option_is_validated_and_shown(make):
+    with pytest.raises(ValueError, match=r"\(\): encoding must be an Encoding or one of \['int32\+float32'"):
+        make("gzip")
+    c = make("gap16+float16")
+    assert "encoding='gap16+float16'" in repr(c) and "encoding" not in repr(make("int32+float32"))
+    assert make(dist.Gap16Float16()).encoding.name == "gap16+float16"
+
+
+def test_gap16_halves_topk_messages_and_decodes_to_float16():
+    g = grads(3, 5000)
+    k = 250
+    small = dist.TopK(k / 5000, encoding="gap16+float16").compress(g)
+    big = dist.TopK(k / 5000).compress(g)
+    assert list(big.nbytes) == [8 * k + 4] * 3
+    assert list(small.nbytes) == [len(b) for b in small["buffers"]] == [4 * k + 4] * 3   # 5000 < 65535: no escape
+    out = small.decompress()
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], _f16(dist.topk_reference(g[i], k)))
+    ex = dist.TopK(k / 5000, encoding="gap16+float16").exchange(g, dist.Network())
+    assert list(ex.message_bytes) == [4 * k + 4] * 3 and list(ex.bytes_sent) == [2 * (4 * k + 4)] * 3
+
+
+def test_gap16_randomk_threshold_and_dgc_bytes():
+    g = grads(3, 1000)
+    r = dist.RandomK(0.1, seed=2, encoding="gap16+float16").compress(g)
+    assert list(r.nbytes) == [2 * 100 + 8] * 3                       # float16 values and the seed
+    np.testing.assert_array_equal(r.decompress()[:, r["indices"]], _f16(g[:, r["indices"]]))
+    t = dist.Threshold(2.0, encoding="gap16+float16").compress(g)
+    counts = (np.abs(g) >= 2.0).sum(1)
+    assert list(t.nbytes) == list(4 * counts + 4)
+    np.testing.assert_array_equal(t.decompress(), _f16(np.where(np.abs(g) >= 2.0, g, 0)))
+    d = dist.DGC(0.01, momentum=0.9, encoding="gap16+float16").compress(g)
+    assert list(d.nbytes) == [4 * 10 + 4] * 3
+    with pytest.raises(ValueError, match="float16's range"):
+        dist.TopK(0.1, encoding="gap16+float16").compress(grads(2, 50, scale=1e5))
+
+
+def _delivered_plus_residual(comp, steps=12, n=4, d=300):
+    """Run ``steps`` exchanges with error feedback; return (sum of delivered + final residual, sum of gradients)."""
+    keep = None if comp.keeps_residual else dist.ErrorFeedback(n, d)
+    if comp.keeps_residual:
+        comp.bind(n, dist.Layout.flat(d))
+    delivered, total = np.zeros((n, d), np.float64), np.zeros((n, d), np.float64)
+    for s in range(steps):
+        g = grads(n, d, seed=s)
+        corrected = g if keep is None else keep.compensate(g)
+        sent = comp.exchange(corrected, dist.Network()).sent
+        if keep is not None:
+            keep.update(corrected, sent)
+        delivered += sent
+        total += g
+    residual = comp.v if keep is None else keep.residual
+    return delivered + residual, total
+
+
+@pytest.mark.parametrize("make", [lambda: dist.TopK(0.03, encoding="gap16+float16"),
+                                  lambda: dist.RandomK(0.05, seed=3, encoding="gap16+float16"),
+                                  lambda: dist.Threshold(1.0, encoding="gap16+float16"),
+                                  lambda: dist.DGC(0.03, momentum=0.0, encoding="gap16+float16")])
+def test_error_feedback_keeps_what_the_decoded_message_did_not_deliver(make):
+    got, want = _delivered_plus_residual(make())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)   # float32 sums of 12 steps
+
+
+@pytest.mark.parametrize("make", [lambda: dist.TopK(1.0, encoding="gap16+float16"),
+                                  lambda: dist.DGC(1.0, momentum=0.0, encoding="gap16+float16")])
+def test_the_float16_rounding_is_fed_back(make):
+    # Everything is sent, so all that stays behind is each value's float16 rounding error.
+    g = grads(2, 64)
+    comp = make()
+    mem = None if comp.keeps_residual else dist.ErrorFeedback(2, 64)
+    corrected = g if mem is None else mem.compensate(g)
+    sent = comp.exchange(corrected, dist.Network()).sent
+    if mem is not None:
+        mem.update(corrected, sent)
+    residual = comp.v if mem is None else mem.residual
+    np.testing.assert_array_equal(sent, _f16(g))
+    np.testing.assert_array_equal(residual, g - _f16(g))
+    assert np.count_nonzero(residual) > 100
+
+
+def test_trainer_with_gap16_topk_learns_and_sends_half_the_bytes():
+    import prunekit as pk
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 20)).astype(np.float32)
+    y = (x[:, :3].sum(1) > 0).astype(np.int64) + 2 * (x[:, 3] > 0)
+    runs = {}
+    for enc in ("int32+float32", "gap16+float16"):
+        t = dist.DataParallelTrainer(lambda: pk.models.mlp([20, 32, 4], seed=0),
+                                     lambda ps: pk.optim.SGD(ps, lr=0.1, momentum=0.9), dist.Cluster(4),
+                                     compressor=dist.TopK(0.05, encoding=enc), error_feedback=True)
+        runs[enc] = t.fit((x, y), epochs=4, batch_size=64)
+    k = round(0.05 * (20 * 32 + 32 + 32 * 4 + 4))
+    steps = 4 * 8
+    assert list(runs["int32+float32"].message_bytes) == [steps * (8 * k + 4)] * 4
+    assert list(runs["gap16+float16"].message_bytes) == [steps * (4 * k + 4)] * 4
+    assert runs["gap16+float16"].history["accuracy"][-1] > 0.75               # chance is 0.25
+    assert abs(runs["gap16+float16"].history["accuracy"][-1] - runs["int32+float32"].history["accuracy"][-1]) < 0.05
