@@ -238,3 +238,51 @@ def test_trainer_with_gap16_topk_learns_and_sends_half_the_bytes():
     assert list(runs["gap16+float16"].message_bytes) == [steps * (4 * k + 4)] * 4
     assert runs["gap16+float16"].history["accuracy"][-1] > 0.75               # chance is 0.25
     assert abs(runs["gap16+float16"].history["accuracy"][-1] - runs["int32+float32"].history["accuracy"][-1]) < 0.05
+
+
+# ------------------------------------------------------------------ in-place buffers
+def test_error_feedback_updates_its_buffer_in_place_and_matches_the_copying_path():
+    mem, ref = dist.ErrorFeedback(4, 300), dist.ErrorFeedback(4, 300)
+    buffer = mem.residual
+    comp = dist.TopK(0.05, encoding="gap16+float16")
+    for s in range(4):
+        g = grads(seed=s)
+        corrected = mem.compensate(g)
+        assert corrected is buffer                                # every worker: the residual buffer itself
+        sent = comp.compress(corrected).decompress()
+        mem.update(corrected, sent)
+        halves = [np.array([0, 2]), np.array([1, 3])]             # the copying path, two rows at a time
+        for w in halves:
+            c = ref.compensate(g[w], w)
+            assert c is not ref.residual
+            ref.update(c, comp.compress(c).decompress(), w)
+    assert mem.residual is buffer
+    np.testing.assert_array_equal(mem.residual, ref.residual)
+
+
+@pytest.mark.parametrize("enc", ["int32+float32", "gap16+float16"])
+def test_dgc_updates_u_and_v_in_place_and_matches_the_copying_path(enc):
+    full = dist.DGC(0.05, momentum=0.9, encoding=enc).bind(4, dist.Layout.flat(300))
+    rows = dist.DGC(0.05, momentum=0.9, encoding=enc).bind(4, dist.Layout.flat(300))
+    u, v = full.u, full.v
+    for s in range(5):
+        g = grads(seed=s)
+        a = full.compress(g).decompress()
+        b = np.zeros_like(a)
+        for w in (np.array([0, 1]), np.array([2, 3])):            # as with backup workers: some rows only
+            b[w] = rows.compress(g[w], workers=w).decompress()
+        np.testing.assert_array_equal(a, b)
+    assert full.u is u and full.v is v
+    np.testing.assert_array_equal(full.u, rows.u)
+    np.testing.assert_array_equal(full.v, rows.v)
+
+
+def test_powersgd_residual_in_place_matches_the_copying_path():
+    layout = dist.Layout([("w", (20, 30)), ("b", (30,))])
+    full, rows = dist.PowerSGD(2, seed=0).bind(2, layout), dist.PowerSGD(2, seed=0).bind(2, layout)
+    buffer = full.residual
+    g = grads(2, 630)
+    full.exchange(g, dist.Network())
+    rows.exchange(g, dist.Network(), workers=np.array([1, 0]))    # not in order: the copying path
+    assert full.residual is buffer
+    np.testing.assert_allclose(full.residual, rows.residual[[1, 0]], rtol=1e-5, atol=1e-6)

@@ -52,6 +52,7 @@ import numpy as np
 from .._validate import check_int, check_number, fail
 from .comm import COLLECTIVES, allgather
 from .encoding import get_encoding
+from .memory import _every_row
 
 __all__ = ["Layout", "Message", "Exchange", "Compressor", "register_compressor", "get_compressor",
            "available_compressors", "TopK", "RandomK", "Threshold", "QSGD", "SignSGD", "FP16", "DGC",
@@ -494,13 +495,20 @@ class DGC(_Sparsifier, Compressor):
         g = _rows(grads)
         if self.u is None or self.u.shape[1] != g.shape[1]:
             self.bind(g.shape[0], Layout.flat(g.shape[1]))
-        w = np.arange(g.shape[0]) if workers is None else np.asarray(workers)
         if self.clip_norm is not None:
             limit = self.clip_norm / math.sqrt(self.n_workers)
             norms = np.linalg.norm(g, axis=1)
             g = g * np.minimum(1.0, limit / np.maximum(norms, 1e-30))[:, None].astype(np.float32)
-        u = self.momentum * self.u[w] + g
-        v = self.v[w] + u
+        every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
+        if every:                                     # in place: no full-size temporaries
+            u, v = self.u, self.v
+            u *= np.float32(self.momentum)
+            u += g
+            v += u
+        else:                                         # backup workers: only their rows, copied
+            w = np.asarray(workers)
+            u = np.float32(self.momentum) * self.u[w] + g
+            v = self.v[w] + u
         k = _k(self.density(self.step), g.shape[1])
         idx = _topk_indices(v, k)
         msg = _encoded(self, g.shape, idx, np.take_along_axis(v, idx, 1))
@@ -508,7 +516,8 @@ class DGC(_Sparsifier, Compressor):
             sent_idx, sent_val = self.encoding.decode(buf)
             row[sent_idx] -= sent_val
         np.put_along_axis(u, idx, 0, axis=1)          # momentum factor masking
-        self.u[w], self.v[w] = u, v
+        if not every:
+            self.u[w], self.v[w] = u, v
         self.step += 1
         return msg
 
@@ -566,10 +575,15 @@ class PowerSGD(Compressor):
         g = _rows(grads)
         if self.residual is None or self.residual.shape[1] != g.shape[1]:
             self.bind(g.shape[0], Layout.flat(g.shape[1]))
-        w = np.arange(g.shape[0]) if workers is None else np.asarray(workers)
+        every = _every_row(workers, len(self.residual)) and g.shape == self.residual.shape
+        w = slice(None) if every else np.asarray(workers)
         reduce = COLLECTIVES[collective]
-        nw, r = len(w), self.rank
-        M = g + self.residual[w]
+        nw, r = g.shape[0], self.rank
+        if every:                                     # in place: M is the residual buffer until the end
+            self.residual += g
+            M = self.residual
+        else:
+            M = g + self.residual[w]
         sent = np.zeros_like(M)
         total = np.zeros(M.shape[1], dtype=np.float32)
         blocks = [M[:, off:off + n * m].reshape(nw, n, m) for off, n, m, _ in self.matrices]
@@ -601,7 +615,10 @@ class PowerSGD(Compressor):
                 spec[3] = self.rng.standard_normal((m, r)).astype(np.float32) if fresh else qsum.copy()
                 self._before += n * m
                 self._after += (n + m) * r
-        self.residual[w] = M - sent
+        if every:
+            np.subtract(M, sent, out=M)
+        else:
+            self.residual[w] = M - sent
         return Exchange(total, sent, np.full(nw, message), bytes_sent, time_s)
 
     def compress(self, grads, *, workers=None):

@@ -112,7 +112,8 @@ def get_encoding(encoding):
 
 def _entries(indices, values, size):
     """Checked 1-d int64 indices and float32 values of one message."""
-    size = check_int("size", size, 0, 2**31 - 1)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= size < 2**31:
+        check_int("size", size, 0, 2**31 - 1)           # (raises; checked by hand first: this runs per message)
     idx = np.asarray(indices)
     val = np.asarray(values)
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
