@@ -97,8 +97,8 @@ def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32
     print(f"\n{WORKERS} simulated workers, LeNet-300-100, global batch {BATCH}, {epochs} epochs, "
           f"{len(x):,} training images, seeds 0..{seeds - 1}, sparse messages {encoding}")
     print("| run | test accuracy (mean ± sd) | vs dense (mean) | vs dense (worst seed) | gradient compression "
-          "| traffic vs dense ring | simulated time (s) | real time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| traffic vs dense ring | simulated time (s) | real time (s) | vs dense, seed by seed (pt) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     labels = [label for label, *_ in configurations(steps, quick, encoding)]
     dense_accs = None
     for i, label in enumerate(labels):
@@ -117,7 +117,8 @@ def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32
         traffic = statistics.mean(r.traffic_reduction for r in runs_)
         print(f"| {label} | {mean:.4f} ± {sd:.4f} | {diff:+.2f} pt | {worst:+.2f} pt | {comp:,.0f}x | {traffic:,.0f}x "
               f"| {statistics.mean(r.wall_time_s for r in runs_):.3f} "
-              f"| {statistics.mean(r.real_time_s for r in runs_):.1f} |", flush=True)
+              f"| {statistics.mean(r.real_time_s for r in runs_):.1f} "
+              f"| {' '.join(f'{100 * (a - d):+.2f}' for a, d in zip(accs, dense_accs))} |", flush=True)
 
 
 def _time(fn):
