@@ -216,3 +216,23 @@ def test_interleaved_latency_sends_each_image_through_every_runner_in_shuffled_o
     calls.clear()
     cb.interleaved_latency(runners, x, repeats=8)
     assert [tuple(c[0] for c in calls[3 + i:6 + i]) for i in range(0, 24, 3)] == orders   # seeded: the same order
+
+
+def test_distributed_seed_summary_configurations_and_options():
+    db = load("distributed")
+    mean, sd, diff, worst = db.seed_summary([0.80, 0.84, 0.86], [0.85, 0.85, 0.85])
+    assert mean == pytest.approx(0.833333, abs=1e-6)
+    assert sd == pytest.approx(0.030551, abs=1e-6)                 # sample sd (n - 1) by hand
+    assert diff == pytest.approx(-5 / 3) and worst == pytest.approx(-5.0)   # points, seed by seed
+    assert db.seed_summary([0.9], [0.8]) == pytest.approx((0.9, 0.0, 10.0, 10.0))
+    with pytest.raises(ValueError, match="equally long"):
+        db.seed_summary([0.9, 0.8], [0.8])
+    rows = db.configurations(10, quick=True, encoding="gap16+float16", seed=2)
+    assert rows[0][0].startswith("dense") and rows[0][1] is None
+    sparse = [(label, comp) for label, comp, *_ in rows if comp is not None and comp.name in ("topk", "dgc")]
+    assert sparse and all(label.endswith(", gap16+float16") and comp.encoding.name == "gap16+float16"
+                          for label, comp in sparse)
+    assert [c.seed for _, c, *_ in rows if c is not None and c.name in ("qsgd", "powersgd")] == [2, 2]
+    for bad in (["--seeds", "0"], ["--encoding", "zip"]):
+        with pytest.raises(SystemExit):
+            db.main(bad)

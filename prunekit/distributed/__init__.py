@@ -8,6 +8,9 @@ Four parts, as GRACE (Xu et al. 2021) splits gradient compression:
 * the compressors (:mod:`.compress`): what is sent -- :class:`TopK`, :class:`RandomK`,
   :class:`Threshold`, :class:`QSGD`, :class:`SignSGD`, :class:`FP16`, :class:`DGC`,
   :class:`PowerSGD`; a registry (:func:`register_compressor`) for your own;
+* the encodings (:mod:`.encoding`): how a sparse message becomes bytes -- ``"int32+float32"``
+  (8 bytes an entry) or ``"gap16+float16"`` (index gaps as uint16, half-precision values: 4);
+  a registry (:func:`register_encoding`) for your own;
 * the memory (:mod:`.memory`): :class:`ErrorFeedback`, what is kept back;
 * the trainer (:mod:`.trainer`): :class:`DataParallelTrainer` composes them, with stragglers,
   backup workers and proportional shards, and reports a :class:`TrainingRun` with a
@@ -32,6 +35,8 @@ from .comm import (COLLECTIVES, CollectiveResult, Cluster, Network, RandomSpeeds
 from .compress import (DGC, FP16, QSGD, CompressionStats, Compressor, Exchange, Layout, Message, PowerSGD,
                        RandomK, SignSGD, Threshold, TopK, available_compressors, get_compressor,
                        register_compressor, topk_reference)
+from .encoding import (Encoding, Gap16Float16, Int32Float32, available_encodings, get_encoding,
+                       register_encoding)
 from .memory import ErrorFeedback
 from .trainer import (DataParallelTrainer, LocalBackend, Timeline, TrainingRun, equal_shards,
                       proportional_shards)
@@ -40,7 +45,8 @@ __all__ = ["Network", "Cluster", "RandomSpeeds", "SlowNode", "CollectiveResult",
            "tree_allreduce", "parameter_server", "allgather", "allreduce_time", "COLLECTIVES",
            "Layout", "Message", "Exchange", "Compressor", "register_compressor", "get_compressor",
            "available_compressors", "TopK", "RandomK", "Threshold", "QSGD", "SignSGD", "FP16", "DGC", "PowerSGD",
-           "CompressionStats", "topk_reference", "ErrorFeedback", "DataParallelTrainer", "TrainingRun", "Timeline",
+           "CompressionStats", "topk_reference", "Encoding", "register_encoding", "get_encoding",
+           "available_encodings", "Int32Float32", "Gap16Float16", "ErrorFeedback", "DataParallelTrainer", "TrainingRun", "Timeline",
            "equal_shards", "proportional_shards", "LocalBackend", "DaskBackend", "threshold_prune_chunked"]
 
 

@@ -20,13 +20,13 @@ Register your own with :func:`register_compressor` (as scores are registered in
 =========  ==============================================  ======================  =====================
 name       sends                                           bytes per worker        from
 =========  ==============================================  ======================  =====================
-topk       the k largest |g| with their int32 indices      8 k + 4                 Aji & Heafield 2017
-randomk    k values at indices drawn from a shared seed    4 k + 8 (the seed)      Stich et al. 2018
-threshold  every |g| >= tau with its index                 8 count + 4             Strom 2015
+topk       the k largest |g| with their indices            8 k + 4 (4 k + 4)       Aji & Heafield 2017
+randomk    k values at indices drawn from a shared seed    4 k + 8 (2 k + 8)       Stich et al. 2018
+threshold  every |g| >= tau with its index                 8 count + 4 (4 c + 4)   Strom 2015
 qsgd       stochastic rounding to s levels of the norm     ceil(D bits / 8) + 4 B  Alistarh et al. 2017
 signsgd    one sign bit per value and one scale            ceil(D / 8) + 4         Bernstein et al. 2018
 fp16       every value in half precision                   2 D                     --
-dgc        top-k of the momentum-corrected accumulation    8 k + 4                 Lin et al. 2018
+dgc        top-k of the momentum-corrected accumulation    8 k + 4 (4 k + 4)       Lin et al. 2018
 powersgd   rank-r factors P (n x r), Q (m x r) per matrix  4 (n + m) r per matrix  Vogels et al. 2019
 =========  ==============================================  ======================  =====================
 
@@ -34,6 +34,13 @@ powersgd   rank-r factors P (n x r), Q (m x r) per matrix  4 (n + m) r per matri
 bucket of 512 values, ``B`` buckets; the paper's Elias coding would send fewer. SignSGD's scale is the mean |g|, as EF-SignSGD,
 Karimireddy et al. 2019, uses.) A header is the 4-byte count of a message whose
 length varies, or a 4-byte float scale.
+
+The sparsifiers (topk, randomk, threshold, dgc) take ``encoding=``: how their indices and
+values become bytes (:mod:`.encoding`). The default ``"int32+float32"`` gives the first
+figure above; ``"gap16+float16"`` (uint16 index gaps, float16 values) the one in
+brackets, plus 2 bytes per rare escape word. The message carries each worker's encoded
+buffer, ``nbytes`` is its length, and the receiver decodes it: what a message stands for
+(and so what error feedback subtracts) is the *decoded* values, rounding included.
 """
 from __future__ import annotations
 
@@ -44,14 +51,15 @@ import numpy as np
 
 from .._validate import check_int, check_number, fail
 from .comm import COLLECTIVES, allgather
+from .encoding import get_encoding
+from .memory import _every_row
 
 __all__ = ["Layout", "Message", "Exchange", "Compressor", "register_compressor", "get_compressor",
            "available_compressors", "TopK", "RandomK", "Threshold", "QSGD", "SignSGD", "FP16", "DGC",
            "PowerSGD", "CompressionStats", "topk_reference"]
 
-INDEX_BYTES = 4   # int32 indices
 VALUE_BYTES = 4   # float32 values
-COUNT_BYTES = 4   # the uint32 length of a variable-size message
+DEFAULT_ENCODING = "int32+float32"
 
 
 class Layout:
@@ -221,10 +229,31 @@ def topk_reference(g, k):
     return out
 
 
-def _scatter(shape, indices, values):
-    out = np.zeros(shape, dtype=np.float32)
-    np.put_along_axis(out, indices, values, axis=1)
+def _encoded(compressor, shape, indices, values):
+    """A :class:`Message` of one encoded buffer per worker: ``indices[i]`` and ``values[i]`` are worker i's."""
+    d = shape[1]
+    buffers = [compressor.encoding.encode(i, v, d) for i, v in zip(indices, values)]
+    return Message(compressor, shape, [len(b) for b in buffers], buffers=buffers)
+
+
+def _decode_sparse(message):
+    """Decode every worker's buffer into the dense ``(n_workers, D)`` gradients it stands for."""
+    out = np.zeros(message.shape, dtype=np.float32)
+    decode = message.compressor.encoding.decode
+    for row, buf in zip(out, message["buffers"]):
+        idx, val = decode(buf)
+        row[idx] = val
     return out
+
+
+class _Sparsifier:
+    """Mixin of the compressors whose messages are indices and values: the ``encoding`` option."""
+
+    def _set_encoding(self, encoding):
+        self.encoding = get_encoding(encoding)
+
+    def _encoding_arg(self):
+        return {} if self.encoding.name == DEFAULT_ENCODING else {"encoding": self.encoding.name}
 
 
 class Compressor:
@@ -268,76 +297,77 @@ class Compressor:
 
 
 @register_compressor("topk")
-class TopK(Compressor):
-    """Keep the ``ratio`` fraction of values largest in magnitude, send them with their indices."""
+class TopK(_Sparsifier, Compressor):
+    """Keep the ``ratio`` fraction of values largest in magnitude, send them with their indices
+    (``encoding``: a registered name such as ``"gap16+float16"``, or an :class:`Encoding`)."""
 
-    def __init__(self, ratio=0.01):
+    def __init__(self, ratio=0.01, encoding=DEFAULT_ENCODING):
         self.ratio = _check_ratio(ratio)
+        self._set_encoding(encoding)
 
     def _args(self):
-        return {"ratio": self.ratio}
+        return {"ratio": self.ratio, **self._encoding_arg()}
 
     def compress(self, grads, *, workers=None):
         g = _rows(grads)
         k = _k(self.ratio, g.shape[1])
         idx = _topk_indices(g, k)
-        return Message(self, g.shape, k * (VALUE_BYTES + INDEX_BYTES) + COUNT_BYTES,
-                       indices=idx.astype(np.int32), values=np.take_along_axis(g, idx, 1).astype(np.float32))
+        return _encoded(self, g.shape, idx, np.take_along_axis(g, idx, 1))
 
     def decompress(self, message):
-        return _scatter(message.shape, message["indices"].astype(np.intp), message["values"])
+        return _decode_sparse(message)
 
 
 @register_compressor("randomk")
-class RandomK(Compressor):
+class RandomK(_Sparsifier, Compressor):
     """Keep ``ratio`` of the values at random indices; all workers draw the same indices from a
-    shared seed, so only the values and the seed travel and the messages can be all-reduced."""
+    shared seed, so only the values (in the ``encoding``'s value type) and the 8-byte seed travel,
+    and the messages can be all-reduced. ``message["indices"]`` is what the seed stands for."""
 
     allreduce_compatible = True
 
-    def __init__(self, ratio=0.01, seed=0):
+    def __init__(self, ratio=0.01, seed=0, encoding=DEFAULT_ENCODING):
         self.ratio = _check_ratio(ratio)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._set_encoding(encoding)
 
     def _args(self):
-        return {"ratio": self.ratio, "seed": self.seed}
+        return {"ratio": self.ratio, "seed": self.seed, **self._encoding_arg()}
 
     def compress(self, grads, *, workers=None):
         g = _rows(grads)
         d = g.shape[1]
         k = _k(self.ratio, d)
         idx = np.sort(self.rng.choice(d, size=k, replace=False)).astype(np.int32)
-        return Message(self, g.shape, k * VALUE_BYTES + 8, indices=idx, values=g[:, idx].astype(np.float32))
+        buffers = [self.encoding.encode_values(row) for row in g[:, idx]]
+        return Message(self, g.shape, [len(b) + 8 for b in buffers], indices=idx, buffers=buffers)
 
     def decompress(self, message):
         out = np.zeros(message.shape, dtype=np.float32)
-        out[:, message["indices"]] = message["values"]
+        out[:, message["indices"]] = [self.encoding.decode_values(b) for b in message["buffers"]]
         return out
 
 
 @register_compressor("threshold")
-class Threshold(Compressor):
-    """Send every value with |g| >= ``tau``, with its index (the count varies by worker)."""
+class Threshold(_Sparsifier, Compressor):
+    """Send every value with |g| >= ``tau``, with its index (the count varies by worker;
+    ``encoding`` as for :class:`TopK`)."""
 
-    def __init__(self, tau=1e-3):
+    def __init__(self, tau=1e-3, encoding=DEFAULT_ENCODING):
         self.tau = float(check_number("tau", tau, 0, None))
+        self._set_encoding(encoding)
 
     def _args(self):
-        return {"tau": self.tau}
+        return {"tau": self.tau, **self._encoding_arg()}
 
     def compress(self, grads, *, workers=None):
         g = _rows(grads)
-        rows, cols = np.nonzero(np.abs(g) >= self.tau)
-        counts = np.bincount(rows, minlength=g.shape[0])
-        return Message(self, g.shape, counts * (VALUE_BYTES + INDEX_BYTES) + COUNT_BYTES,
-                       counts=counts, indices=cols.astype(np.int32), values=g[rows, cols].astype(np.float32))
+        idx = [np.flatnonzero(np.abs(row) >= self.tau) for row in g]
+        return _encoded(self, g.shape, idx, [row[i] for row, i in zip(g, idx)])
 
     def decompress(self, message):
-        out = np.zeros(message.shape, dtype=np.float32)
-        rows = np.repeat(np.arange(message.shape[0]), message["counts"])
-        out[rows, message["indices"]] = message["values"]
-        return out
+        return _decode_sparse(message)
 
 
 @register_compressor("qsgd")
@@ -420,7 +450,7 @@ class FP16(Compressor):
 
 
 @register_compressor("dgc")
-class DGC(Compressor):
+class DGC(_Sparsifier, Compressor):
     """Deep Gradient Compression (Lin et al. 2018): top-k of a momentum-corrected accumulation.
 
     Per worker, each step: clip the gradient to norm ``clip_norm / sqrt(N)`` (local gradient
@@ -429,13 +459,15 @@ class DGC(Compressor):
     error feedback is built in. Sparsity warm-up: over the first ``warmup_steps`` the kept
     fraction falls geometrically from 25% to ``ratio`` (the paper's 75%, 93.75%, ... per epoch).
     Use it with plain SGD (no optimizer momentum): the momentum lives here. Exact top-k
-    replaces the paper's sampled threshold.
+    replaces the paper's sampled threshold. ``encoding`` as for :class:`TopK`; v keeps what
+    the *decoded* message did not deliver (with ``"gap16+float16"``, the float16 rounding).
     """
 
     keeps_residual = True
 
-    def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0):
+    def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0, encoding=DEFAULT_ENCODING):
         self.ratio = _check_ratio(ratio)
+        self._set_encoding(encoding)
         self.momentum = float(check_number("momentum", momentum, 0, 1, "[)"))
         self.clip_norm = None if clip_norm is None else float(check_number("clip_norm", clip_norm, 0, None, "(]"))
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
@@ -444,7 +476,7 @@ class DGC(Compressor):
 
     def _args(self):
         return {"ratio": self.ratio, "momentum": self.momentum, "clip_norm": self.clip_norm,
-                "warmup_steps": self.warmup_steps}
+                "warmup_steps": self.warmup_steps, **self._encoding_arg()}
 
     def density(self, step):
         """The fraction of values sent at ``step`` (warm-up then ``ratio``)."""
@@ -463,24 +495,34 @@ class DGC(Compressor):
         g = _rows(grads)
         if self.u is None or self.u.shape[1] != g.shape[1]:
             self.bind(g.shape[0], Layout.flat(g.shape[1]))
-        w = np.arange(g.shape[0]) if workers is None else np.asarray(workers)
         if self.clip_norm is not None:
             limit = self.clip_norm / math.sqrt(self.n_workers)
             norms = np.linalg.norm(g, axis=1)
             g = g * np.minimum(1.0, limit / np.maximum(norms, 1e-30))[:, None].astype(np.float32)
-        u = self.momentum * self.u[w] + g
-        v = self.v[w] + u
+        every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
+        if every:                                     # in place: no full-size temporaries
+            u, v = self.u, self.v
+            u *= np.float32(self.momentum)
+            u += g
+            v += u
+        else:                                         # backup workers: only their rows, copied
+            w = np.asarray(workers)
+            u = np.float32(self.momentum) * self.u[w] + g
+            v = self.v[w] + u
         k = _k(self.density(self.step), g.shape[1])
         idx = _topk_indices(v, k)
-        values = np.take_along_axis(v, idx, 1)
-        np.put_along_axis(u, idx, 0, axis=1)
-        np.put_along_axis(v, idx, 0, axis=1)
-        self.u[w], self.v[w] = u, v
+        msg = _encoded(self, g.shape, idx, np.take_along_axis(v, idx, 1))
+        for row, buf in zip(v, msg["buffers"]):       # keep what the decoded message does not deliver
+            sent_idx, sent_val = self.encoding.decode(buf)
+            row[sent_idx] -= sent_val
+        np.put_along_axis(u, idx, 0, axis=1)          # momentum factor masking
+        if not every:
+            self.u[w], self.v[w] = u, v
         self.step += 1
-        return Message(self, g.shape, k * (VALUE_BYTES + INDEX_BYTES) + COUNT_BYTES,
-                       indices=idx.astype(np.int32), values=values.astype(np.float32))
+        return msg
 
-    decompress = TopK.decompress
+    def decompress(self, message):
+        return _decode_sparse(message)
 
 
 @register_compressor("powersgd")
@@ -533,10 +575,15 @@ class PowerSGD(Compressor):
         g = _rows(grads)
         if self.residual is None or self.residual.shape[1] != g.shape[1]:
             self.bind(g.shape[0], Layout.flat(g.shape[1]))
-        w = np.arange(g.shape[0]) if workers is None else np.asarray(workers)
+        every = _every_row(workers, len(self.residual)) and g.shape == self.residual.shape
+        w = slice(None) if every else np.asarray(workers)
         reduce = COLLECTIVES[collective]
-        nw, r = len(w), self.rank
-        M = g + self.residual[w]
+        nw, r = g.shape[0], self.rank
+        if every:                                     # in place: M is the residual buffer until the end
+            self.residual += g
+            M = self.residual
+        else:
+            M = g + self.residual[w]
         sent = np.zeros_like(M)
         total = np.zeros(M.shape[1], dtype=np.float32)
         blocks = [M[:, off:off + n * m].reshape(nw, n, m) for off, n, m, _ in self.matrices]
@@ -568,7 +615,10 @@ class PowerSGD(Compressor):
                 spec[3] = self.rng.standard_normal((m, r)).astype(np.float32) if fresh else qsum.copy()
                 self._before += n * m
                 self._after += (n + m) * r
-        self.residual[w] = M - sent
+        if every:
+            np.subtract(M, sent, out=M)
+        else:
+            self.residual[w] = M - sent
         return Exchange(total, sent, np.full(nw, message), bytes_sent, time_s)
 
     def compress(self, grads, *, workers=None):

@@ -9,6 +9,11 @@ gradient, so every value is eventually sent::
     residual  = corrected - sent           (update)
 
 Hence ``sent + residual == gradient + old residual``: nothing is lost, only delayed.
+
+In place: when every worker takes part, :meth:`ErrorFeedback.compensate` adds the
+gradients into the residual buffer and returns that buffer, and :meth:`ErrorFeedback.update`
+subtracts what was sent from it; no full-size temporary is allocated per step. (With backup
+workers only some rows take part, and those rows are copied.)
 For sparsifiers (top-k, random-k, threshold) this holds bit for bit, since each
 value is either sent whole or kept whole; for quantisers it holds to float rounding.
 
@@ -24,6 +29,14 @@ import numpy as np
 __all__ = ["ErrorFeedback"]
 
 
+def _every_row(workers, n):
+    """True when ``workers`` (None or indices) names every one of ``n`` rows in order."""
+    if workers is None:
+        return True
+    w = np.asarray(workers)
+    return len(w) == n and bool(np.array_equal(w, np.arange(n)))
+
+
 class ErrorFeedback:
     """The residual memory of every worker: an ``(n_workers, D)`` array, zero at the start."""
 
@@ -31,15 +44,25 @@ class ErrorFeedback:
         self.residual = None if n_workers is None else np.zeros((n_workers, size), dtype=np.float32)
 
     def compensate(self, grads, workers=None):
-        """``grads + residual`` for the rows of ``workers`` (default: all, in order)."""
+        """``grads + residual`` for the rows of ``workers`` (default: all, in order).
+
+        For every row this is the residual buffer itself, updated in place: pass it on to
+        :meth:`update` as ``corrected`` (until then the memory holds the corrected gradients).
+        """
         grads = np.asarray(grads, dtype=np.float32)
         if self.residual is None:
             self.residual = np.zeros(grads.shape, dtype=np.float32)
+        if _every_row(workers, len(self.residual)) and grads.shape == self.residual.shape:
+            self.residual += grads
+            return self.residual
         w = slice(None) if workers is None else np.asarray(workers)
         return grads + self.residual[w]
 
     def update(self, corrected, sent, workers=None):
-        """Keep what was not sent: ``residual = corrected - sent``."""
+        """Keep what was not sent: ``residual = corrected - sent`` (in place after an in-place compensate)."""
+        if corrected is self.residual:
+            np.subtract(self.residual, sent, out=self.residual)
+            return
         w = slice(None) if workers is None else np.asarray(workers)
         self.residual[w] = corrected - sent
 
