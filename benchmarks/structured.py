@@ -73,7 +73,7 @@ def run(name, data, args):
     store = args.save or args.load
     path = (lambda tag: os.path.join(store, f"{name}_{tag}")) if store else None
     t0 = time.perf_counter()
-    settings = {k: getattr(args, k) for k in ("train", "epochs", "finetune", "lr")}
+    settings = {"train": len(x), **{k: getattr(args, k) for k in ("epochs", "finetune", "lr")}}
     if args.load:
         model, reference = pk.nn.load(path("dense")), pk.nn.load(path("reference"))
         with open(os.path.join(args.load, f"{name}.json")) as f:

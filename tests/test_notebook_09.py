@@ -54,3 +54,25 @@ def test_full_mode_uses_the_structured_benchmark_settings_recorded_in_benchmarks
     assert f"reps={_flag(command, 'reps')})" in args + ")"
     assert f"[:{_flag(command, 'train'):_}]" in full_cell
     assert 'compression_bench.run(["lenet300", "lenet5"])' in full_cell   # the script's default models
+
+
+def test_full_mode_namespace_runs_the_structured_benchmark(tmp_path):
+    # FULL = True once failed deep inside structured.run (the Namespace lacked an attribute it read): run the
+    # cell's own Namespace, with only its sizes made tiny, through the benchmark on a few images.
+    import argparse
+    import sys
+
+    import prunekit as pk
+    full_cell = next(src for src in CODE if "structured_bench.run(" in src)
+    ns = eval(re.search(r"(argparse\.Namespace\(.*\))", full_cell).group(1), {"argparse": argparse})
+    for key, tiny in {"amounts": [0.5], "epochs": 1, "finetune": 1, "reps": 1}.items():
+        assert hasattr(ns, key)
+        setattr(ns, key, tiny)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import structured
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    (x, y), (xt, yt) = pk.data.load_fashion_mnist(flatten=False)
+    data = ((x.reshape(-1, 1, 28, 28)[:256], y[:256]), (xt.reshape(-1, 1, 28, 28)[:64], yt[:64]))
+    structured.run("lenet5", data, ns)
