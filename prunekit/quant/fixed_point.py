@@ -119,10 +119,13 @@ def requantize_reference(acc, multiplier, shift, zero_point, qmin, qmax, out):
     out[...] = np.clip(y, qmin, qmax)
 
 
-@njit
+@njit(inline="always")
 def requantize_value(acc, multiplier, shift, zero_point, qmin, qmax):
     """One accumulator: ``clamp(MBQM(acc, multiplier, shift) + zero_point, qmin, qmax)`` (the loop body
-    of every requantizing kernel; numba inlines it). Element-wise NumPy twin: :func:`requantize_reference`."""
+    of every requantizing kernel). Element-wise NumPy twin: :func:`requantize_reference`.
+
+    ``inline="always"``: numba pastes it into the calling loop, which can then be vectorized; as a
+    call it was 3x slower (measured: 7.7 vs 2.6 us for LeNet-5's first conv, 6 x 28 x 28 values)."""
     m = np.int64(multiplier)
     left = shift if shift > 0 else 0
     right = -shift if shift < 0 else 0
