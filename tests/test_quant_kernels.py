@@ -96,7 +96,8 @@ def test_quantize_input_gives_affine_quantize_integers(scale, zero_point):
 def test_quantize_input_ties_by_hand_and_refuses_nan_and_inf():
     q = _input_model(0.5, 1)
     # x / 0.5 = 1.5, 2.5, -1.5, 400 -> rint 2, 2, -2, 400 -> + 1 -> 3, 3, -1, 127 (clamped)
-    assert q.quantize_input(np.array([[0.75, 1.25, -0.75, 200.0, 0, 0]], np.float32)).tolist() == [[3, 3, -1, 127, 1, 1]]
+    x = np.array([[0.75, 1.25, -0.75, 200.0, 0, 0]], np.float32)
+    assert q.quantize_input(x).tolist() == [[3, 3, -1, 127, 1, 1]]
     for bad in (np.nan, np.inf, -np.inf):
         x = np.zeros((2, 6), np.float32)
         x[1, 5] = bad
