@@ -119,40 +119,48 @@ def requantize_reference(acc, multiplier, shift, zero_point, qmin, qmax, out):
     out[...] = np.clip(y, qmin, qmax)
 
 
+@njit(inline="always")
+def requantize_value(acc, multiplier, shift, zero_point, qmin, qmax):
+    """One accumulator: ``clamp(MBQM(acc, multiplier, shift) + zero_point, qmin, qmax)`` (the loop body
+    of every requantizing kernel). Element-wise NumPy twin: :func:`requantize_reference`.
+
+    ``inline="always"``: numba pastes it into the calling loop, which can then be vectorized; as a
+    call it was 3x slower (measured: 7.7 vs 2.6 us for LeNet-5's first conv, 6 x 28 x 28 values)."""
+    m = np.int64(multiplier)
+    left = shift if shift > 0 else 0
+    right = -shift if shift < 0 else 0
+    x = np.int64(acc) << left
+    if x > 2147483647:
+        x = 2147483647
+    elif x < -2147483648:
+        x = -2147483648
+    # SaturatingRoundingDoublingHighMul
+    if x == -2147483648 and m == -2147483648:
+        h = np.int64(2147483647)
+    else:
+        ab = x * m
+        nudge = np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30))
+        r = ab + nudge
+        h = (r >> 31) if r >= 0 else -((-r) >> 31)
+    # RoundingDivideByPOT
+    mask = (np.int64(1) << right) - 1
+    rem = h & mask
+    thr = (mask >> 1) + (1 if h < 0 else 0)
+    y = (h >> right) + (1 if rem > thr else 0) + zero_point
+    if y < qmin:
+        y = qmin
+    elif y > qmax:
+        y = qmax
+    return y
+
+
 @njit(parallel=True, reference=requantize_reference)
 def requantize_kernel(acc, multiplier, shift, zero_point, qmin, qmax, out):
     """Per-channel requantization of int32 accumulators to int8/int16, one row per task."""
     n, c = acc.shape
     for i in prange(n):
         for j in range(c):
-            m = np.int64(multiplier[j])
-            s = shift[j]
-            left = s if s > 0 else 0
-            right = -s if s < 0 else 0
-            x = np.int64(acc[i, j]) << left
-            if x > 2147483647:
-                x = 2147483647
-            elif x < -2147483648:
-                x = -2147483648
-            # SaturatingRoundingDoublingHighMul
-            if x == -2147483648 and m == -2147483648:
-                h = np.int64(2147483647)
-            else:
-                ab = x * m
-                nudge = np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30))
-                r = ab + nudge
-                h = (r >> 31) if r >= 0 else -((-r) >> 31)
-            # RoundingDivideByPOT
-            mask = (np.int64(1) << right) - 1
-            rem = h & mask
-            thr = (mask >> 1) + (1 if h < 0 else 0)
-            y = (h >> right) + (1 if rem > thr else 0) + zero_point
-            if y < qmin:
-                y = qmin
-            elif y > qmax:
-                y = qmax
-            out[i, j] = y
-
+            out[i, j] = requantize_value(acc[i, j], multiplier[j], shift[j], zero_point, qmin, qmax)
 
 
 def requantize(acc, multiplier, shift, zero_point, qmin=-128, qmax=127, out_dtype=np.int8):
