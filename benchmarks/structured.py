@@ -42,9 +42,11 @@ MODELS = {
 }
 
 
-def _train(model, x, y, epochs, lr):
+def _train(model, x, y, epochs, lr, schedule="constant"):
+    """SGD with momentum 0.9, batch 128; ``schedule="cosine"`` anneals lr to 0 over the epochs."""
     opt = pk.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    pk.fit(model, pk.data.DataLoader(x, y, 128, shuffle=True, seed=0), opt, epochs, progress=False)
+    sched = pk.optim.CosineAnnealingLR(opt, epochs) if schedule == "cosine" else None
+    pk.fit(model, pk.data.DataLoader(x, y, 128, shuffle=True, seed=0), opt, epochs, scheduler=sched, progress=False)
 
 
 def _times(models, x, reps):
@@ -73,7 +75,8 @@ def run(name, data, args):
     store = args.save or args.load
     path = (lambda tag: os.path.join(store, f"{name}_{tag}")) if store else None
     t0 = time.perf_counter()
-    settings = {"train": len(x), **{k: getattr(args, k) for k in ("epochs", "finetune", "lr")}}
+    schedule = getattr(args, "finetune_schedule", "constant")
+    settings = {"train": len(x), "finetune_schedule": schedule, **{k: getattr(args, k) for k in ("epochs", "finetune", "lr")}}
     if args.load:
         model, reference = pk.nn.load(path("dense")), pk.nn.load(path("reference"))
         with open(os.path.join(args.load, f"{name}.json")) as f:
@@ -84,7 +87,7 @@ def run(name, data, args):
         _train(model, x, y, args.epochs, args.lr)
         # the fair baseline: the dense model fine-tuned exactly as the shrunk ones are
         reference = copy.deepcopy(model)
-        _train(reference, x, y, args.finetune, args.lr / 4)
+        _train(reference, x, y, args.finetune, args.lr / 4, schedule)
     trained_acc = pk.evaluate(model, (xt, yt))["accuracy"]
     dense_acc = pk.evaluate(reference, (xt, yt))["accuracy"]
     if args.save:
@@ -94,7 +97,7 @@ def run(name, data, args):
         with open(os.path.join(args.save, f"{name}.json"), "w") as f:
             json.dump(settings, f)
     print(f"\n## {name}: dense test accuracy {trained_acc:.4f} after {settings['epochs']} epochs, {dense_acc:.4f} "
-          f"after {settings['finetune']} more at lr/4 (the baseline below) ({time.perf_counter() - t0:.0f} s)\n")
+          f"after {settings['finetune']} more at lr/4, {settings.get('finetune_schedule', 'constant')} (the baseline below) ({time.perf_counter() - t0:.0f} s)\n")
     dense_prof = profile(model, (1, 1, 28, 28), repeats=3)
     print("| removed | accuracy (fine-tuned) | Δ points | params | MACs/image | MAC ratio | file bytes "
           "| b1 dense / masked / shrunk (ms) | b1 speed-up | b256 dense / masked / shrunk (ms) | b256 speed-up |")
@@ -109,7 +112,7 @@ def run(name, data, args):
             small = pk.nn.load(path(f"shrunk{amount:g}"))
         else:
             small = shrink(masked, ex)
-            _train(small, x, y, args.finetune, args.lr / 4)
+            _train(small, x, y, args.finetune, args.lr / 4, schedule)
             if args.save:
                 pk.nn.save(small, path(f"shrunk{amount:g}"))
         acc = pk.evaluate(small, (xt, yt))["accuracy"]
@@ -135,6 +138,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--finetune", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--finetune-schedule", choices=["constant", "cosine"], default="constant",
+                    help="lr/4 held, or annealed to 0 (cosine), while fine-tuning the shrunk models and the baseline")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--save", metavar="DIR", help="write the trained dense and shrunk models here (nn.save)")
     ap.add_argument("--load", metavar="DIR", help="time models written by --save instead of training")
