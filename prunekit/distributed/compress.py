@@ -45,10 +45,10 @@ buffer, ``nbytes`` is its length, and the receiver decodes it: what a message st
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import numpy as np
 
+from .._registry import Registry
 from .._validate import check_int, check_number, fail
 from .comm import COLLECTIVES, allgather
 from .encoding import get_encoding
@@ -139,41 +139,6 @@ class CompressionStats:
     def __repr__(self):
         return f"CompressionStats(rate={self.rate:.1f}x, numel_before={self.numel_before:,}, " \
                f"numel_after={self.numel_after:,})"
-
-
-_REGISTRY: "OrderedDict[str, type]" = OrderedDict()
-
-
-def register_compressor(name, cls=None, *, overwrite=False):
-    """Add a :class:`Compressor` subclass to the registry under ``name`` (usable as a decorator)."""
-    if not isinstance(name, str) or not name:
-        fail("name", "a non-empty string", name, TypeError)
-
-    def add(c):
-        if not (isinstance(c, type) and issubclass(c, Compressor)):
-            fail("cls", "a subclass of prunekit.distributed.Compressor", c, TypeError)
-        if name in _REGISTRY and not overwrite:
-            fail("name", f"a new compressor name (pass overwrite=True to replace {name!r})", name)
-        c.name = name
-        _REGISTRY[name] = c
-        return c
-
-    return add if cls is None else add(cls)
-
-
-def available_compressors():
-    """Names of the registered compressors."""
-    return list(_REGISTRY)
-
-
-def get_compressor(compressor):
-    """None, a :class:`Compressor` instance, or a registered name (built with its defaults)."""
-    if compressor is None or isinstance(compressor, Compressor):
-        return compressor
-    if isinstance(compressor, str) and compressor in _REGISTRY:
-        return _REGISTRY[compressor]()
-    fail("compressor", f"None, a Compressor, or one of {available_compressors()}", compressor,
-         ValueError if isinstance(compressor, str) else TypeError)
 
 
 def _check_ratio(ratio):
@@ -294,6 +259,24 @@ class Compressor:
 
     def _args(self):
         return {}
+
+
+_REGISTRY = Registry(Compressor, "prunekit.distributed.Compressor")
+
+
+def register_compressor(name, cls=None, *, overwrite=False):
+    """Add a :class:`Compressor` subclass to the registry under ``name`` (usable as a decorator)."""
+    return _REGISTRY.register(name, cls, overwrite=overwrite)
+
+
+def available_compressors():
+    """Names of the registered compressors."""
+    return _REGISTRY.names()
+
+
+def get_compressor(compressor):
+    """None, a :class:`Compressor` instance, or a registered name (built with its defaults)."""
+    return _REGISTRY.get(compressor, "compressor", allow_none=True)
 
 
 @register_compressor("topk")

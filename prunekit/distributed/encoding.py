@@ -31,10 +31,10 @@ residual is computed from the *decoded* values.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 
+from .._registry import Registry
 from .._validate import check_int, fail
 
 __all__ = ["Encoding", "register_encoding", "get_encoding", "available_encodings", "Int32Float32",
@@ -75,39 +75,22 @@ class Encoding:
         return f"{type(self).__name__}()"
 
 
-_REGISTRY: "OrderedDict[str, type]" = OrderedDict()
+_REGISTRY = Registry(Encoding, "prunekit.distributed.Encoding")
 
 
 def register_encoding(name, cls=None, *, overwrite=False):
     """Add an :class:`Encoding` subclass to the registry under ``name`` (usable as a decorator)."""
-    if not isinstance(name, str) or not name:
-        fail("name", "a non-empty string", name, TypeError)
-
-    def add(c):
-        if not (isinstance(c, type) and issubclass(c, Encoding)):
-            fail("cls", "a subclass of prunekit.distributed.Encoding", c, TypeError)
-        if name in _REGISTRY and not overwrite:
-            fail("name", f"a new encoding name (pass overwrite=True to replace {name!r})", name)
-        c.name = name
-        _REGISTRY[name] = c
-        return c
-
-    return add if cls is None else add(cls)
+    return _REGISTRY.register(name, cls, overwrite=overwrite)
 
 
 def available_encodings():
     """Names of the registered encodings."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_encoding(encoding):
     """An :class:`Encoding` instance, or a registered name (built with its defaults)."""
-    if isinstance(encoding, Encoding):
-        return encoding
-    if isinstance(encoding, str) and encoding in _REGISTRY:
-        return _REGISTRY[encoding]()
-    fail("encoding", f"an Encoding or one of {available_encodings()}", encoding,
-         ValueError if isinstance(encoding, str) else TypeError)
+    return _REGISTRY.get(encoding, "encoding")
 
 
 def _entries(indices, values, size):
