@@ -390,4 +390,4 @@ def flatten(x, start_dim=1):
     """Merge all axes from ``start_dim`` on into one."""
     x = _t(x)
     check_int("start_dim", start_dim, 0, max(x.ndim - 1, 0))
-    return x.reshape(x.shape[:start_dim] + (-1,))
+    return x.reshape(x.shape[:start_dim] + (int(np.prod(x.shape[start_dim:])),))   # not -1: an empty batch works too

@@ -567,6 +567,7 @@ def test_flatten():
     np.testing.assert_array_equal(F.flatten(x).data, x.data.reshape(2, 60))
     np.testing.assert_array_equal(F.flatten(x, start_dim=2).data, x.data.reshape(2, 3, 20))
     np.testing.assert_array_equal(F.flatten(x, start_dim=0).data, x.data.reshape(-1))
+    assert F.flatten(Tensor(np.zeros((0, 3, 4), np.float32))).shape == (0, 12)   # an empty batch, as in torch
     check_grads(lambda x: F.flatten(x), x)
     with pytest.raises(ValueError, match="start_dim must be"):
         F.flatten(x, start_dim=4)

@@ -277,3 +277,12 @@ def test_compare_reports_each_layer(quantized):
     assert "SQNR" in repr(rep) and "<table>" in rep._repr_html_()
     with pytest.raises(TypeError, match="qmodel"):
         quant.compare(model, (xt, None))
+
+
+def test_an_empty_batch_gives_an_empty_output_as_the_float_model_does(quantized):
+    # PyTorch's models accept a batch of 0 samples; Flatten's reshape(n, -1) could not (0 rows, -1 unknown).
+    name, model, q, xt, ref = quantized
+    with pk.no_grad():
+        float_out = model(pk.Tensor(xt[:0])).data
+    out = q(xt[:0])
+    assert float_out.shape == out.shape == (0, ref.shape[1])

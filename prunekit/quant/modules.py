@@ -307,7 +307,7 @@ class QuantizedFlatten(_IntOp):
     kind = "flatten"
 
     def run(self, q):
-        return q.reshape(q.shape[0], -1)
+        return q.reshape(q.shape[0], int(np.prod(q.shape[1:])))   # not -1: an empty batch works too
 
 
 class QuantizedModel(nn.Module):
