@@ -25,6 +25,8 @@ import numbers
 
 import numpy as np
 
+from . import _malloc
+
 __all__ = ["Tensor", "Size", "no_grad", "enable_grad", "is_grad_enabled", "gradcheck", "unbroadcast"]
 
 _GRAD_ENABLED = True
@@ -551,7 +553,9 @@ class Tensor:
         reference cycle that only Python's cyclic garbage collector would
         reclaim, late; for a CNN at batch 128 that held several GB of
         activations (measured: 4.4 GB for the VGG-style net after 15 steps,
-        0.9 GB once freed).
+        0.9 GB once freed). The first call also asks glibc's malloc to keep the
+        freed buffers for the next step instead of returning them to the OS
+        (:mod:`prunekit._malloc`; ``PRUNEKIT_MALLOC=0`` to opt out).
         """
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad (no input had requires_grad=True).")
@@ -564,6 +568,7 @@ class Tensor:
             raise ValueError(f"backward(): grad must have the tensor's shape {self.shape} (or be a scalar), "
                              f"got shape {grad.shape}.")
         grad = np.broadcast_to(grad.astype(self.dtype, copy=False), self.shape)
+        _malloc.install()  # once per process: reuse freed buffers next step instead of re-mapping them (see _malloc)
 
         # Topological order by iterative depth-first search (deep graphs cannot hit the recursion limit).
         # A node is appended only after everything it depends on, however many paths lead to it.
