@@ -35,7 +35,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["install", "status", "SPIN_EXPONENT"]
+__all__ = ["install", "status", "matmul", "SPIN_EXPONENT", "SMALL_PRODUCT"]
 
 SPIN_EXPONENT = "4"
 """OPENBLAS_THREAD_TIMEOUT we set: workers spin 2^4 cycles (i.e. not at all) after a job."""
@@ -90,3 +90,51 @@ def install():
 def status():
     """``{"installed": bool, "reason": str, "libraries": [paths]}``."""
     return {"installed": _STATE["installed"], "reason": _STATE["reason"], "libraries": list(_STATE["libraries"])}
+
+
+# =========================================================================== small products on one thread
+
+SMALL_PRODUCT = 1 << 21
+"""Products with fewer multiply-adds than this run on one BLAS thread (see :func:`matmul`)."""
+_OPENBLAS_SMALL = 1 << 18   # OpenBLAS itself runs GEMMs below 4 x 65536 multiply-adds on one thread
+_LOCAL = {"set": "not looked up"}
+
+
+def _set_local_threads():
+    """OpenBLAS's per-calling-thread thread count setter (0.3.27+), or None."""
+    if _LOCAL["set"] == "not looked up":
+        _LOCAL["set"] = None
+        for path in _openblas_libraries():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            if hasattr(lib, "openblas_set_num_threads_local"):
+                _LOCAL["set"] = lib.openblas_set_num_threads_local
+                break
+    return _LOCAL["set"]
+
+
+def matmul(a, b):
+    """``a @ b``, on one BLAS thread when the product is small.
+
+    OpenBLAS splits a GEMM over its threads from 2^18 multiply-adds up. Waking the
+    (sleeping, see above) workers costs more than that much work takes on one core,
+    and a busy machine makes it far worse (a 1.8 M multiply-add product: 38 us on
+    one thread, 52 us to 8 ms on two). So between 2^18 and :data:`SMALL_PRODUCT`
+    multiply-adds the product runs on one thread, set for the calling thread only
+    (``openblas_set_num_threads_local``) and reset right after; other threads and
+    the rest of the program keep OpenBLAS's setting. Results are the same: OpenBLAS
+    splits the output, not the sum.
+    """
+    macs = a.size * b.shape[-1] if b.ndim == 2 else SMALL_PRODUCT
+    if not _OPENBLAS_SMALL <= macs < SMALL_PRODUCT:
+        return a @ b
+    set_local = _set_local_threads()
+    if set_local is None:
+        return a @ b
+    set_local(1)
+    try:
+        return a @ b
+    finally:
+        set_local(0)  # 0: back to the process-wide setting

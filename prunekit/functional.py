@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from . import _conv_kernels as K
+from ._threads import matmul as _matmul  # a @ b; small products on one BLAS thread (see _threads.matmul)
 from ._validate import check_int, check_number, fail
 from .tensor import Tensor, is_grad_enabled
 
@@ -157,7 +158,7 @@ def linear(x, weight, bias=None):
     x = _t(x)
     if x.shape[-1] != weight.shape[1]:
         fail("x", f"an input whose last dimension is in_features={weight.shape[1]}", f"shape {x.shape}")
-    data = x.data @ weight.data.T
+    data = _matmul(x.data, weight.data.T)
     if bias is not None:
         data += bias.data
     out = _node(data, (x, weight, bias), "linear")
@@ -166,11 +167,11 @@ def linear(x, weight, bias=None):
             g = out.grad
             g2 = g.reshape(-1, g.shape[-1])
             if weight.requires_grad:
-                weight._accumulate(g2.T @ x.data.reshape(-1, x.shape[-1]), owned=True)
+                weight._accumulate(_matmul(g2.T, x.data.reshape(-1, x.shape[-1])), owned=True)
             if bias is not None and bias.requires_grad:
                 bias._accumulate(g2.sum(axis=0), owned=True)
             if x.requires_grad:
-                x._accumulate(g @ weight.data)
+                x._accumulate(_matmul(g, weight.data))
         out._backward = _backward
     return out
 
@@ -225,7 +226,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         return _direct_conv2d(x, weight, bias, ph, pw, oh, ow)
     cols = _im2col(x.data, kh, kw, sh, sw, ph, pw, oh, ow)
     wmat = weight.data.reshape(o, -1)
-    y = wmat @ cols                                   # (O, N*OH*OW)
+    y = _matmul(wmat, cols)                           # (O, N*OH*OW)
     if bias is not None:
         y += bias.data[:, None]
     out = _node(np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)), (x, weight, bias), "conv2d")
@@ -233,12 +234,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         def _backward():
             g = np.ascontiguousarray(out.grad.transpose(1, 0, 2, 3)).reshape(o, -1)
             if weight.requires_grad:
-                weight._accumulate((g @ cols.T).reshape(weight.shape), owned=True)
+                weight._accumulate(_matmul(g, cols.T).reshape(weight.shape), owned=True)
             if bias is not None and bias.requires_grad:
                 bias._accumulate(g.sum(axis=1), owned=True)
             if x.requires_grad:
                 dx = np.empty(x.shape, dtype=x.dtype)
-                K.col2im_kernel.for_work(dx.size)(wmat.T @ g, kh, kw, sh, sw, ph, pw, oh, ow, dx)
+                K.col2im_kernel.for_work(dx.size)(_matmul(wmat.T, g), kh, kw, sh, sw, ph, pw, oh, ow, dx)
                 x._accumulate(dx)
         out._backward = _backward
     return out

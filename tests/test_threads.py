@@ -114,3 +114,34 @@ def test_can_be_switched_off_and_respects_a_users_setting():
     assert "'installed': False" in off and "PRUNEKIT_QUIET_BLAS=0" in off, off
     mine = _run(code, OPENBLAS_THREAD_TIMEOUT="20")
     assert "'installed': False" in mine and "set by you" in mine, mine
+
+
+@pytest.mark.numba
+@linux
+def test_small_products_run_on_one_thread_and_leave_the_setting_as_it_was():
+    """_threads.matmul: same numbers as ``@``, and the calling thread's BLAS thread count is back afterwards."""
+    out = _run(textwrap.dedent("""
+        import ctypes
+        import numpy as np
+        from prunekit import _threads
+        rng = np.random.default_rng(0)
+        set_local = _threads._set_local_threads()
+        if set_local is None:
+            print("NOLOCAL"); raise SystemExit
+        for m, k, n in [(64, 576, 49), (32, 288, 196), (128, 256, 120), (300, 784, 1), (1, 10, 10), (512, 512, 512)]:
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((k, n)).astype(np.float32)
+            assert np.array_equal(_threads.matmul(a, b), a @ b), (m, k, n)
+            assert set_local(0) == 2, "the calling thread was left with another BLAS thread count"
+        try:
+            _threads.matmul(np.ones((64, 576), np.float32), np.ones((575, 49), np.float32))
+        except ValueError:
+            pass
+        assert set_local(0) == 2, "not reset after a failed product"
+        set_local(1)                                   # a product on one thread really is what happens inside:
+        assert set_local(0) == 1                       # the setter reports the count it replaces
+        print("OK")
+    """))
+    if "NOLOCAL" in out:
+        pytest.skip("this OpenBLAS has no openblas_set_num_threads_local (older than 0.3.27)")
+    assert "OK" in out, out
