@@ -89,6 +89,7 @@ def configurations(steps_per_epoch, quick, encoding="int32+float32", seed=0):
 
 
 DGC_KEYS = {"ratio": float, "momentum": float, "clip_norm": float, "warmup_epochs": float, "scope": str,
+            "nesterov": lambda v: {"1": True, "true": True, "0": False, "false": False}[v.lower()],
             "opt_momentum": float}
 
 
@@ -96,7 +97,7 @@ def parse_dgc(spec, steps_per_epoch, encoding="int32+float32"):
     """A ``--dgc`` row from ``"key=value,..."``: (label, compressor, optimizer).
 
     Keys: ratio, momentum (DGC's own), clip_norm, warmup_epochs (converted to steps),
-    scope ("global" or "tensor") and opt_momentum (the optimizer's, default 0: DGC keeps the
+    scope ("global" or "tensor"), nesterov (true/false) and opt_momentum (the optimizer's, default 0: DGC keeps the
     momentum itself). E.g. ``ratio=0.0008,scope=tensor,clip_norm=1``.
     """
     args = {}
@@ -104,7 +105,10 @@ def parse_dgc(spec, steps_per_epoch, encoding="int32+float32"):
         key, sep, value = item.partition("=")
         if not sep or key not in DGC_KEYS:
             raise ValueError(f"--dgc: expected key=value items with keys {sorted(DGC_KEYS)}, got {item!r} in {spec!r}.")
-        args[key] = DGC_KEYS[key](value)
+        try:
+            args[key] = DGC_KEYS[key](value)
+        except (KeyError, ValueError):
+            raise ValueError(f"--dgc: {key}={value!r} in {spec!r} is not a valid {key}.") from None
     opt_m = args.pop("opt_momentum", 0.0)
     warm = args.pop("warmup_epochs", 0.0)
     comp = dist.DGC(**{"ratio": 0.001, **args}, warmup_steps=int(round(warm * steps_per_epoch)), encoding=encoding)
@@ -255,7 +259,7 @@ def main(argv=None):
                         "last 10,000 (held out); the test images are not used")
     p.add_argument("--dgc", nargs="*", default=(), metavar="SPEC",
                    help="extra DGC rows, each 'key=value,...' with keys ratio, momentum, clip_norm, "
-                        "warmup_epochs, scope (global|tensor), opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
+                        "warmup_epochs, scope (global|tensor), nesterov (true|false), opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
                         "With --dgc only dense and these rows run, unless --runs names more")
     p.add_argument("--encoding", default="int32+float32", choices=dist.available_encodings(),
                    help="how top-k and DGC messages become bytes")

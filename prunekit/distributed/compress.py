@@ -485,7 +485,9 @@ class DGC(_Sparsifier, Compressor):
     ``ratio`` of |v| and zero u and v there (momentum factor masking); what is not sent stays
     in v, so the error feedback is built in. Sparsity warm-up: over the first ``warmup_steps``
     the kept fraction falls geometrically from 25% to ``ratio`` (the paper's 75%, 93.75%, ...
-    per epoch). Use it with plain SGD (no optimizer momentum): the momentum lives here. Exact
+    per epoch). ``nesterov=True``: v <- v + g + m u instead (Nesterov's look-ahead, the option
+    of the paper's reference implementation; PyTorch's formulation, as :class:`prunekit.optim.SGD`).
+    Use it with plain SGD (no optimizer momentum): the momentum lives here. Exact
     top-k replaces the paper's sampled threshold. ``scope``: ``"global"`` (one top-k over the
     flat vector, the default) or ``"tensor"`` (each tensor of the bound :class:`Layout` keeps
     its own ``ratio`` of values, at least one, as the paper's reference implementation
@@ -496,11 +498,14 @@ class DGC(_Sparsifier, Compressor):
     keeps_residual = True
 
     def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0, encoding=DEFAULT_ENCODING,
-                 scope="global"):
+                 scope="global", nesterov=False):
         self.ratio = _check_ratio(ratio)
         self._set_encoding(encoding)
         self._set_scope(scope)
         self.momentum = float(check_number("momentum", momentum, 0, 1, "[)"))
+        if nesterov and self.momentum == 0:
+            fail("nesterov", "False when momentum is 0 (Nesterov needs momentum)", nesterov)
+        self.nesterov = bool(nesterov)
         self.clip_norm = None if clip_norm is None else float(check_number("clip_norm", clip_norm, 0, None, "(]"))
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.step = 0
@@ -508,7 +513,8 @@ class DGC(_Sparsifier, Compressor):
 
     def _args(self):
         return {"ratio": self.ratio, "momentum": self.momentum, "clip_norm": self.clip_norm,
-                "warmup_steps": self.warmup_steps, **self._encoding_arg(), **self._scope_arg()}
+                "warmup_steps": self.warmup_steps, **self._encoding_arg(), **self._scope_arg(),
+                **({"nesterov": True} if self.nesterov else {})}
 
     def density(self, step):
         """The fraction of values sent at ``step`` (warm-up then ``ratio``)."""
@@ -536,11 +542,17 @@ class DGC(_Sparsifier, Compressor):
             u, v = self.u, self.v
             u *= np.float32(self.momentum)
             u += g
-            v += u
+            if self.nesterov:                         # v += g + m u
+                v += g
+                v += np.float32(self.momentum) * u
+            else:
+                v += u
         else:                                         # backup workers: only their rows, copied
             w = np.asarray(workers)
             u = np.float32(self.momentum) * self.u[w] + g
-            v = self.v[w] + u
+            v = self.v[w] + (g if self.nesterov else u)
+            if self.nesterov:                         # the same order of additions as in place
+                v += np.float32(self.momentum) * u
         idx = _select(v, self.density(self.step), self.layout, self.scope)
         msg = _encoded(self, g.shape, idx, np.take_along_axis(v, idx, 1))
         for row, buf in zip(v, msg["buffers"]):       # keep what the decoded message does not deliver
