@@ -37,8 +37,9 @@ length varies, or a 4-byte float scale.
 
 Top-k and DGC take ``scope=``: ``"global"`` (the default) selects the k largest values of the
 whole flat gradient, ``"tensor"`` lets each tensor of the bound :class:`Layout` keep its own
-``ratio`` (at least one value each), so a small tensor (a bias, the last layer) is not starved;
-the entries of all tensors still travel in one message per worker.
+``ratio`` (at least one value each), so every tensor sends something each step where a global
+top-k may skip a bias for many steps; the entries of all tensors still travel in one message per
+worker. (Which one trains better depends on the model: see ``benchmarks/BENCHMARKS.md``.)
 
 The sparsifiers (topk, randomk, threshold, dgc) take ``encoding=``: how their indices and
 values become bytes (:mod:`.encoding`). The default ``"int32+float32"`` gives the first
