@@ -6,6 +6,10 @@
     python benchmarks/distributed.py --epochs 15 --only accuracy --runs dense "0.001 +" DGC "rank 2"
     python benchmarks/distributed.py --only accuracy --seeds 3 --encoding gap16+float16 \
         --runs "DGC 0.001 (no" "DGC 0.0008 (no" "rank 2"   # mean, sd and worst loss over 3 seeds
+    python benchmarks/distributed.py --only accuracy --val --seeds 5 --encoding gap16+float16 \
+        --dgc ratio=0.0008 ratio=0.0008,scope=tensor   # tuning: held-out validation images, seeds 0-4
+    python benchmarks/distributed.py --only accuracy --seeds 10 --seed-offset 100 --encoding gap16+float16 \
+        --dgc ratio=0.0008,scope=tensor               # the report: test set, fresh seeds 100-109
 
 Three parts:
 
@@ -17,7 +21,12 @@ Three parts:
    ``--encoding`` says how top-k and DGC messages become bytes (``gap16+float16``: 4 bytes
    an entry instead of 8). ``--seeds N`` runs every row (dense always included) with seeds
    0 .. N-1 (model initialisation, batch order, compressor randomness) and reports the mean
-   and sd of the accuracy and the mean and worst difference to dense at the same seed.
+   and sd of the accuracy and the mean (± standard error), worst and count below dense of the
+   difference to dense at the same seed; ``--seed-offset S`` starts the seeds at S (fresh seeds
+   for a report after tuning). ``--val`` trains on the first 50,000 training images and scores
+   on the last 10,000, so settings can be tuned without looking at the test set. ``--dgc SPEC``
+   adds DGC rows built from ``key=value`` lists (see :func:`parse_dgc`). The traffic column is the
+   worst (lowest) over the seeds.
 2. ``overhead``: real time of simulating 8 workers vs single-process training on the same
    global batch; interleaved rounds, medians.
 3. ``dask``: steps per second of a 2-worker Dask LocalCluster vs the simulator with 2 workers.
@@ -79,6 +88,34 @@ def configurations(steps_per_epoch, quick, encoding="int32+float32", seed=0):
     return rows
 
 
+DGC_KEYS = {"ratio": float, "momentum": float, "clip_norm": float, "warmup_epochs": float, "scope": str,
+            "nesterov": lambda v: {"1": True, "true": True, "0": False, "false": False}[v.lower()],
+            "opt_momentum": float}
+
+
+def parse_dgc(spec, steps_per_epoch, encoding="int32+float32"):
+    """A ``--dgc`` row from ``"key=value,..."``: (label, compressor, optimizer).
+
+    Keys: ratio, momentum (DGC's own), clip_norm, warmup_epochs (converted to steps),
+    scope ("global" or "tensor"), nesterov (true/false) and opt_momentum (the optimizer's, default 0: DGC keeps the
+    momentum itself). E.g. ``ratio=0.0008,scope=tensor,clip_norm=1``.
+    """
+    args = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in DGC_KEYS:
+            raise ValueError(f"--dgc: expected key=value items with keys {sorted(DGC_KEYS)}, got {item!r} in {spec!r}.")
+        try:
+            args[key] = DGC_KEYS[key](value)
+        except (KeyError, ValueError):
+            raise ValueError(f"--dgc: {key}={value!r} in {spec!r} is not a valid {key}.") from None
+    opt_m = args.pop("opt_momentum", 0.0)
+    warm = args.pop("warmup_epochs", 0.0)
+    comp = dist.DGC(**{"ratio": 0.001, **args}, warmup_steps=int(round(warm * steps_per_epoch)), encoding=encoding)
+    label = f"DGC {spec}" + ("" if encoding == "int32+float32" else f", {encoding}")
+    return label, comp, (lambda ps: pk.optim.SGD(ps, lr=0.05, momentum=opt_m)) if opt_m else plain_sgd
+
+
 def seed_summary(accs, dense_accs):
     """Mean and sd (n - 1) of ``accs``, and the mean and worst (lowest) of ``accs - dense_accs``
     seed by seed, the differences in points. One seed: sd 0, worst = mean."""
@@ -91,31 +128,52 @@ def seed_summary(accs, dense_accs):
     return float(a.mean()), sd, float(diff.mean()), float(diff.min())
 
 
-def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32+float32"):
+def standard_error(accs, dense_accs):
+    """Standard error (points) of the mean seed-by-seed difference ``accs - dense_accs``; 0 for one seed."""
+    diff = 100 * (np.asarray(accs, dtype=np.float64) - np.asarray(dense_accs, dtype=np.float64))
+    return float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+
+
+def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32+float32", seed_offset=0,
+                  dgc_specs=(), scored_on="test"):
     x, y = data
     steps = -(-len(x) // BATCH)
+    seed_list = range(seed_offset, seed_offset + seeds)
     print(f"\n{WORKERS} simulated workers, LeNet-300-100, global batch {BATCH}, {epochs} epochs, "
-          f"{len(x):,} training images, seeds 0..{seeds - 1}, sparse messages {encoding}")
-    print("| run | test accuracy (mean ± sd) | vs dense (mean) | vs dense (worst seed) | gradient compression "
-          "| traffic vs dense ring | simulated time (s) | real time (s) | vs dense, seed by seed (pt) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    labels = [label for label, *_ in configurations(steps, quick, encoding)]
+          f"{len(x):,} training images, {len(test[0]):,} {scored_on} images, seeds {seed_list[0]}..{seed_list[-1]}, "
+          f"sparse messages {encoding}")
+    print(f"| run | {scored_on} accuracy (mean ± sd) | vs dense (mean ± s.e.) | vs dense (worst seed) | below dense "
+          "| gradient compression | traffic vs dense ring | simulated time (s) | real time (s) "
+          "| vs dense, seed by seed (pt) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def rows(seed):
+        fixed = configurations(steps, quick, encoding, seed)
+        extra = [(label, comp, False, opt) for label, comp, opt in (parse_dgc(s, steps, encoding) for s in dgc_specs)]
+        return fixed + extra
+
+    labels = [label for label, *_ in rows(0)]
+    n_fixed = len(labels) - len(dgc_specs)
     dense_accs = None
     for i, label in enumerate(labels):
-        if i > 0 and runs and not any(r in label for r in runs):    # dense always runs: the reference
+        chosen = any(r in label for r in runs) if runs else not dgc_specs
+        if i > 0 and i < n_fixed and not chosen:    # dense always runs: the reference; --dgc rows always
             continue
         accs, runs_ = [], []
-        for seed in range(seeds):
-            _, comp, ef, opt = configurations(steps, quick, encoding, seed)[i]
+        for seed in seed_list:
+            _, comp, ef, opt = rows(seed)[i]
             trainer = dist.DataParallelTrainer(lambda: model_fn(seed), opt, dist.Cluster(WORKERS), compressor=comp,
                                                error_feedback=ef)
             runs_.append(trainer.fit(pk.data.DataLoader(x, y, BATCH, shuffle=True, seed=seed), epochs=epochs))
             accs.append(pk.evaluate(trainer.model, test)["accuracy"])
         dense_accs = accs if dense_accs is None else dense_accs
         mean, sd, diff, worst = seed_summary(accs, dense_accs)
+        se = standard_error(accs, dense_accs)
+        below = sum(a < d for a, d in zip(accs, dense_accs))
         comp = statistics.mean(r.compression for r in runs_)
-        traffic = statistics.mean(r.traffic_reduction for r in runs_)
-        print(f"| {label} | {mean:.4f} ± {sd:.4f} | {diff:+.2f} pt | {worst:+.2f} pt | {comp:,.0f}x | {traffic:,.0f}x "
+        traffic = min(r.traffic_reduction for r in runs_)
+        print(f"| {label} | {mean:.4f} ± {sd:.4f} | {diff:+.2f} ± {se:.2f} pt | {worst:+.2f} pt | {below} of {len(accs)} "
+              f"| {comp:,.0f}x | {traffic:,.1f}x "
               f"| {statistics.mean(r.wall_time_s for r in runs_):.3f} "
               f"| {statistics.mean(r.real_time_s for r in runs_):.1f} "
               f"| {' '.join(f'{100 * (a - d):+.2f}' for a, d in zip(accs, dense_accs))} |", flush=True)
@@ -192,17 +250,39 @@ def main(argv=None):
     p.add_argument("--runs", nargs="*", help="only the accuracy rows whose label contains one of these")
     p.add_argument("--only", nargs="*", choices=("accuracy", "overhead", "dask"),
                    default=("accuracy", "overhead", "dask"))
-    p.add_argument("--seeds", type=int, default=1, help="accuracy rows over seeds 0 .. N-1 (mean, sd, worst)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="accuracy rows over N seeds, --seed-offset .. --seed-offset + N - 1 (mean, sd, worst)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="first seed (default 0); report runs use fresh seeds, e.g. --seed-offset 100")
+    p.add_argument("--val", action="store_true",
+                   help="tune without the test set: train on the first 50,000 training images and score on the "
+                        "last 10,000 (held out); the test images are not used")
+    p.add_argument("--dgc", nargs="*", default=(), metavar="SPEC",
+                   help="extra DGC rows, each 'key=value,...' with keys ratio, momentum, clip_norm, "
+                        "warmup_epochs, scope (global|tensor), nesterov (true|false), opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
+                        "With --dgc only dense and these rows run, unless --runs names more")
     p.add_argument("--encoding", default="int32+float32", choices=dist.available_encodings(),
                    help="how top-k and DGC messages become bytes")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.rounds < 1 or args.seeds < 1:
         p.error("--epochs, --rounds and --seeds must be at least 1")
+    if args.seed_offset < 0:
+        p.error("--seed-offset must be at least 0")
+    for spec in args.dgc:
+        try:
+            parse_dgc(spec, 1)
+        except (ValueError, TypeError) as e:
+            p.error(str(e))
     (x, y), (xt, yt) = pk.data.load_fashion_mnist()
+    scored_on = "test"
+    if args.val:     # the last 10,000 training images stand in for the test set
+        x, y, xt, yt = x[:50_000], y[:50_000], x[50_000:], y[50_000:]
+        scored_on = "validation"
     if args.quick:
         x, y, xt, yt = x[:6000], y[:6000], xt[:2000], yt[:2000]
     if "accuracy" in args.only:
-        accuracy_part((x, y), (xt, yt), args.epochs, args.quick, args.runs, args.seeds, args.encoding)
+        accuracy_part((x, y), (xt, yt), args.epochs, args.quick, args.runs, args.seeds, args.encoding,
+                      args.seed_offset, args.dgc, scored_on)
     if "overhead" in args.only:
         overhead_part((x, y), args.rounds, steps=20 if args.quick else 40, encoding=args.encoding)
     if "dask" in args.only:

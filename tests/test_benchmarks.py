@@ -236,3 +236,27 @@ def test_distributed_seed_summary_configurations_and_options():
     for bad in (["--seeds", "0"], ["--encoding", "zip"]):
         with pytest.raises(SystemExit):
             db.main(bad)
+
+
+def test_distributed_dgc_rows_standard_error_and_new_options():
+    db = load("distributed")
+    # s.e. of the seed-by-seed difference in points: diffs -5, -1, +1 -> sd 3.0551, / sqrt(3)
+    assert db.standard_error([0.80, 0.84, 0.86], [0.85, 0.85, 0.85]) == pytest.approx(1.763834, abs=1e-6)
+    assert db.standard_error([0.9], [0.8]) == 0.0
+    label, comp, opt = db.parse_dgc("ratio=0.0008,scope=tensor,clip_norm=1,warmup_epochs=0.5,nesterov=true", 196,
+                                    "gap16+float16")
+    assert (comp.ratio, comp.scope, comp.clip_norm, comp.warmup_steps, comp.nesterov) == (0.0008, "tensor", 1.0, 98,
+                                                                                           True)
+    assert comp.momentum == 0.9 and comp.encoding.name == "gap16+float16" and label.endswith(", gap16+float16")
+    assert opt is db.plain_sgd                                     # DGC keeps the momentum itself
+    _, comp, opt = db.parse_dgc("momentum=0,opt_momentum=0.9", 10)
+    assert comp.momentum == 0.0 and comp.ratio == 0.001
+    import prunekit as pk
+
+    assert opt(pk.models.mlp([2, 2], seed=0).parameters()).momentum == 0.9
+    for bad in ("ratio", "rate=0.1", "nesterov=maybe", "ratio=x"):
+        with pytest.raises(ValueError, match="--dgc"):
+            db.parse_dgc(bad, 10)
+    for bad in (["--seed-offset", "-1"], ["--dgc", "ratio=2"], ["--dgc", "speed=1"]):
+        with pytest.raises(SystemExit):
+            db.main(bad)

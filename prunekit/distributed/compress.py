@@ -35,6 +35,12 @@ bucket of 512 values, ``B`` buckets; the paper's Elias coding would send fewer. 
 Karimireddy et al. 2019, uses.) A header is the 4-byte count of a message whose
 length varies, or a 4-byte float scale.
 
+Top-k and DGC take ``scope=``: ``"global"`` (the default) selects the k largest values of the
+whole flat gradient, ``"tensor"`` lets each tensor of the bound :class:`Layout` keep its own
+``ratio`` (at least one value each), so every tensor sends something each step where a global
+top-k may skip a bias for many steps; the entries of all tensors still travel in one message per
+worker. (Which one trains better depends on the model: see ``benchmarks/BENCHMARKS.md``.)
+
 The sparsifiers (topk, randomk, threshold, dgc) take ``encoding=``: how their indices and
 values become bytes (:mod:`.encoding`). The default ``"int32+float32"`` gives the first
 figure above; ``"gap16+float16"`` (uint16 index gaps, float16 values) the one in
@@ -49,7 +55,7 @@ import math
 import numpy as np
 
 from .._registry import Registry
-from .._validate import check_int, check_number, fail
+from .._validate import check_int, check_number, check_option, fail
 from .comm import COLLECTIVES, allgather
 from .encoding import get_encoding
 from .memory import _every_row
@@ -186,6 +192,36 @@ def _topk_indices(x, k):
     return out
 
 
+SCOPES = ("global", "tensor")
+
+
+def _scope_layout(compressor, d):
+    """The layout that ``scope="tensor"`` selects within: the bound one, or one flat vector if unbound."""
+    layout = getattr(compressor, "layout", None)
+    if layout is None:
+        return Layout.flat(d)
+    if layout.size != d:
+        fail("grads", f"rows of the {layout.size:,} values of the layout the compressor was bound with",
+             f"rows of {d:,} values")
+    return layout
+
+
+def _select(x, density, layout, scope):
+    """Per row, the indices of the values to send (each row's own choice).
+
+    ``scope="global"``: the top ``round(density * D)`` of |x| over the whole flat vector, so
+    a tensor whose values are small (a bias, the last layer) may get none. ``scope="tensor"``:
+    each tensor of ``layout`` keeps its own top ``round(density * size)`` (at least one), as
+    DGC's reference implementation selects per tensor; the indices of all tensors are then
+    concatenated into one message, so the header is paid once.
+    """
+    if scope == "global":
+        return _topk_indices(x, _k(density, x.shape[1]))
+    parts = [off + _topk_indices(x[:, off:off + size], _k(density, size))
+             for _, _, off, size in layout.entries if size]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(x), 0), dtype=np.intp)
+
+
 def topk_reference(g, k):
     """The readable reference of top-k for one worker: sort by |g|, keep the last k."""
     out = np.zeros_like(g)
@@ -219,6 +255,12 @@ class _Sparsifier:
 
     def _encoding_arg(self):
         return {} if self.encoding.name == DEFAULT_ENCODING else {"encoding": self.encoding.name}
+
+    def _set_scope(self, scope):
+        self.scope = check_option("scope", scope, SCOPES)
+
+    def _scope_arg(self):
+        return {} if self.scope == "global" else {"scope": self.scope}
 
 
 class Compressor:
@@ -282,19 +324,21 @@ def get_compressor(compressor):
 @register_compressor("topk")
 class TopK(_Sparsifier, Compressor):
     """Keep the ``ratio`` fraction of values largest in magnitude, send them with their indices
-    (``encoding``: a registered name such as ``"gap16+float16"``, or an :class:`Encoding`)."""
+    (``encoding``: a registered name such as ``"gap16+float16"``, or an :class:`Encoding`).
+    ``scope``: ``"global"`` (one top-k over the flat gradient) or ``"tensor"`` (each tensor of
+    the bound :class:`Layout` keeps its own ``ratio``, at least one value; one message)."""
 
-    def __init__(self, ratio=0.01, encoding=DEFAULT_ENCODING):
+    def __init__(self, ratio=0.01, encoding=DEFAULT_ENCODING, scope="global"):
         self.ratio = _check_ratio(ratio)
         self._set_encoding(encoding)
+        self._set_scope(scope)
 
     def _args(self):
-        return {"ratio": self.ratio, **self._encoding_arg()}
+        return {"ratio": self.ratio, **self._encoding_arg(), **self._scope_arg()}
 
     def compress(self, grads, *, workers=None):
         g = _rows(grads)
-        k = _k(self.ratio, g.shape[1])
-        idx = _topk_indices(g, k)
+        idx = _select(g, self.ratio, _scope_layout(self, g.shape[1]), self.scope)
         return _encoded(self, g.shape, idx, np.take_along_axis(g, idx, 1))
 
     def decompress(self, message):
@@ -437,21 +481,32 @@ class DGC(_Sparsifier, Compressor):
     """Deep Gradient Compression (Lin et al. 2018): top-k of a momentum-corrected accumulation.
 
     Per worker, each step: clip the gradient to norm ``clip_norm / sqrt(N)`` (local gradient
-    clipping); u <- m u + g; v <- v + u (momentum correction); send the top ``ratio`` of |v|
-    and zero u and v there (momentum factor masking); what is not sent stays in v, so the
-    error feedback is built in. Sparsity warm-up: over the first ``warmup_steps`` the kept
-    fraction falls geometrically from 25% to ``ratio`` (the paper's 75%, 93.75%, ... per epoch).
-    Use it with plain SGD (no optimizer momentum): the momentum lives here. Exact top-k
-    replaces the paper's sampled threshold. ``encoding`` as for :class:`TopK`; v keeps what
-    the *decoded* message did not deliver (with ``"gap16+float16"``, the float16 rounding).
+    clipping; N the number of gradients summed this step, so ``clip_norm`` bounds their sum
+    when they are independent); u <- m u + g; v <- v + u (momentum correction); send the top
+    ``ratio`` of |v| and zero u and v there (momentum factor masking); what is not sent stays
+    in v, so the error feedback is built in. Sparsity warm-up: over the first ``warmup_steps``
+    the kept fraction falls geometrically from 25% to ``ratio`` (the paper's 75%, 93.75%, ...
+    per epoch). ``nesterov=True``: v <- v + g + m u instead (Nesterov's look-ahead, the option
+    of the paper's reference implementation; PyTorch's formulation, as :class:`prunekit.optim.SGD`).
+    Use it with plain SGD (no optimizer momentum): the momentum lives here. Exact
+    top-k replaces the paper's sampled threshold. ``scope``: ``"global"`` (one top-k over the
+    flat vector, the default) or ``"tensor"`` (each tensor of the bound :class:`Layout` keeps
+    its own ``ratio`` of values, at least one, as the paper's reference implementation
+    selects; all in one message). ``encoding`` as for :class:`TopK`; v keeps what the
+    *decoded* message did not deliver (with ``"gap16+float16"``, the float16 rounding).
     """
 
     keeps_residual = True
 
-    def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0, encoding=DEFAULT_ENCODING):
+    def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0, encoding=DEFAULT_ENCODING,
+                 scope="global", nesterov=False):
         self.ratio = _check_ratio(ratio)
         self._set_encoding(encoding)
+        self._set_scope(scope)
         self.momentum = float(check_number("momentum", momentum, 0, 1, "[)"))
+        if nesterov and self.momentum == 0:
+            fail("nesterov", "False when momentum is 0 (Nesterov needs momentum)", nesterov)
+        self.nesterov = bool(nesterov)
         self.clip_norm = None if clip_norm is None else float(check_number("clip_norm", clip_norm, 0, None, "(]"))
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.step = 0
@@ -459,7 +514,8 @@ class DGC(_Sparsifier, Compressor):
 
     def _args(self):
         return {"ratio": self.ratio, "momentum": self.momentum, "clip_norm": self.clip_norm,
-                "warmup_steps": self.warmup_steps, **self._encoding_arg()}
+                "warmup_steps": self.warmup_steps, **self._encoding_arg(), **self._scope_arg(),
+                **({"nesterov": True} if self.nesterov else {})}
 
     def density(self, step):
         """The fraction of values sent at ``step`` (warm-up then ``ratio``)."""
@@ -478,8 +534,8 @@ class DGC(_Sparsifier, Compressor):
         g = _rows(grads)
         if self.u is None or self.u.shape[1] != g.shape[1]:
             self.bind(g.shape[0], Layout.flat(g.shape[1]))
-        if self.clip_norm is not None:
-            limit = self.clip_norm / math.sqrt(self.n_workers)
+        if self.clip_norm is not None:                # N: the gradients summed this step (backups dropped)
+            limit = self.clip_norm / math.sqrt(len(g))
             norms = np.linalg.norm(g, axis=1)
             g = g * np.minimum(1.0, limit / np.maximum(norms, 1e-30))[:, None].astype(np.float32)
         every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
@@ -487,13 +543,18 @@ class DGC(_Sparsifier, Compressor):
             u, v = self.u, self.v
             u *= np.float32(self.momentum)
             u += g
-            v += u
+            if self.nesterov:                         # v += g + m u
+                v += g
+                v += np.float32(self.momentum) * u
+            else:
+                v += u
         else:                                         # backup workers: only their rows, copied
             w = np.asarray(workers)
             u = np.float32(self.momentum) * self.u[w] + g
-            v = self.v[w] + u
-        k = _k(self.density(self.step), g.shape[1])
-        idx = _topk_indices(v, k)
+            v = self.v[w] + (g if self.nesterov else u)
+            if self.nesterov:                         # the same order of additions as in place
+                v += np.float32(self.momentum) * u
+        idx = _select(v, self.density(self.step), self.layout, self.scope)
         msg = _encoded(self, g.shape, idx, np.take_along_axis(v, idx, 1))
         for row, buf in zip(v, msg["buffers"]):       # keep what the decoded message does not deliver
             sent_idx, sent_val = self.encoding.decode(buf)
