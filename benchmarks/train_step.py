@@ -53,13 +53,12 @@ def _prunekit_step(model_name, batch, lr=0.01, momentum=0.9):
     return step
 
 
-def _torch_step(model_name, batch, lr=0.01, momentum=0.9):
-    """The same architecture in PyTorch, with prunekit's initial weights copied in."""
+def torch_twin(pk_model):
+    """The same architecture in PyTorch (a ``torch.nn.Sequential``), with ``pk_model``'s weights copied in."""
     import prunekit as pk
     import torch
 
     tnn = torch.nn
-    pk_model = getattr(pk.models, model_name)(seed=0)
     layers = []
     for m in pk_model:
         if isinstance(m, pk.nn.Linear):
@@ -78,6 +77,16 @@ def _torch_step(model_name, batch, lr=0.01, momentum=0.9):
     with torch.no_grad():
         for (_, p), tp in zip(pk_model.named_parameters(), model.parameters()):
             tp.copy_(torch.from_numpy(p.data.copy()))
+    return model
+
+
+def _torch_step(model_name, batch, lr=0.01, momentum=0.9):
+    """The same architecture in PyTorch, with prunekit's initial weights copied in."""
+    import prunekit as pk
+    import torch
+
+    tnn = torch.nn
+    model = torch_twin(getattr(pk.models, model_name)(seed=0))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     x, y = (torch.from_numpy(a) for a in _inputs(model_name, batch))
     loss_fn = tnn.CrossEntropyLoss()

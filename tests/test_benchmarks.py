@@ -65,6 +65,12 @@ def test_train_step_counts_whole_turns_and_checks_its_options():
         assert p.returncode == 2 and "error" in p.stderr, (bad, p.stderr)
 
 
+def test_torch_parity_checks_its_options_before_needing_torch():
+    for bad in (["--steps", "0"], ["--every", "0"], ["--optimizer", "lbfgs"], ["--dtype", "float16"]):
+        p = subprocess.run([sys.executable, str(BENCH / "torch_parity.py"), *bad], capture_output=True, text=True)
+        assert p.returncode == 2 and "error" in p.stderr and "Traceback" not in p.stderr, (bad, p.stderr)
+
+
 def test_every_benchmark_documents_its_command():
     for f in BENCH.glob("*.py"):
         doc = f.read_text().split('"""')[1]
