@@ -74,16 +74,18 @@ class GroupedPass:
         self._where = {id(p): (off, shape) for p, (_, shape, off, _) in zip(params, entries)}
         self._layers = [m for m in model.modules() if isinstance(m, SUPPORTED)]
         self._bounds = self._out = None
-        self._written = set()
+        self._add, self._written = False, set()
 
-    def gradients(self, x, y, sizes, loss_fn, out):
+    def gradients(self, x, y, sizes, loss_fn, out, add=False):
         """Fill ``out[j]`` with group j's share of the gradient of the mean loss over ``x``.
 
-        ``sizes[j]`` consecutive rows of ``x`` form group j. Returns the loss summed over
-        the samples and the prediction (for accuracy).
+        ``sizes[j]`` consecutive rows of ``x`` form group j. ``add=True`` adds to ``out``
+        instead (error feedback: the residual becomes the corrected gradient in place, and
+        the gradient itself is never stored). Returns the loss summed over the samples and
+        the prediction (for accuracy).
         """
         self._bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._out, self._written = out, set()
+        self._out, self._add, self._written = out, add, set()
         try:
             with self._installed():
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -91,7 +93,7 @@ class GroupedPass:
                     loss = loss_fn(pred, y)
                 loss.backward()
             for p in self.model.parameters():           # a parameter the pass never used: zero
-                if id(p) not in self._written:
+                if id(p) not in self._written and not add:
                     self._slots(p)[0][...] = 0
         finally:
             self._bounds = self._out = None
@@ -112,9 +114,9 @@ class GroupedPass:
     # ------------------------------------------------------------ writing
     def _slots(self, p):
         """Parameter ``p``'s columns of the buffer, one row per group: a view of shape ``(n_groups,) + p.shape``,
-        and whether this is the pass's first write to them (assign) or a later one (add: a layer used twice)."""
+        and whether to assign (the pass's first write) or add (a layer used twice, or ``add=True``)."""
         off, shape = self._where[id(p)]
-        first = id(p) not in self._written
+        first = id(p) not in self._written and not self._add
         self._written.add(id(p))
         return self._out[:, off:off + int(np.prod(shape))].reshape((-1,) + shape), first
 
@@ -139,13 +141,14 @@ class GroupedPass:
             xs = x.data.reshape(len(x.data), -1, x.shape[-1])      # (samples, positions, in)
             gs = g.reshape(len(g), -1, g.shape[-1])
             (gw, first), (gb, b_first) = self._slots(w), (self._slots(b) if b is not None else (None, None))
+            tmp = None if first else np.empty(gw.shape[1:], dtype=np.result_type(g, x.data))
             for j, (s, e) in enumerate(self._groups(len(xs))):
                 gj = gs[s:e].reshape(-1, g.shape[-1])
                 xj = xs[s:e].reshape(-1, x.shape[-1])
                 if first:
                     np.matmul(gj.T, xj, out=gw[j])
-                else:
-                    gw[j] += gj.T @ xj
+                else:                                               # one product buffer for all groups
+                    gw[j] += np.matmul(gj.T, xj, out=tmp)
                 if b is not None and b_first:
                     np.sum(gj, axis=0, out=gb[j])
                 elif b is not None:

@@ -352,15 +352,16 @@ class DataParallelTrainer:
         fastest = np.argsort(compute, kind="stable")[:keep]
         return sizes, compute, np.sort(fastest)
 
-    def _communicate(self, grads, workers):
+    def _communicate(self, grads, workers, compensated=False):
+        """``compensated``: ``grads`` is already the memory's residual plus the gradients (grouped pass)."""
         net = self.cluster.network
         if self.compressor is None:
             r = COLLECTIVES[self.collective](grads, net)
             return r.result, grads[0].nbytes, r.bytes_sent, r.time_s
-        corrected = grads if self.memory is None else self.memory.compensate(grads, workers)
+        corrected = grads if self.memory is None or compensated else self.memory.compensate(grads, workers)
         ex = self.compressor.exchange(corrected, net, collective=self.collective, workers=workers)
         if self.memory is not None:
-            self.memory.update(corrected, ex.sent, workers)
+            self.memory.update(corrected, ex.sent if ex.entries is None else ex.entries, workers)
         return ex.total, ex.message_bytes, ex.bytes_sent, ex.time_s
 
     def _train_step(self, x, y, speeds=None):
@@ -383,15 +384,19 @@ class DataParallelTrainer:
             comm_time = allreduce_time(self.collective, len(workers), message, self.cluster.network)
         else:
             grads = self._grads[:len(workers)]
+            # with error feedback and every worker, the grouped pass adds straight into the residual
+            folded = self.grouped and self.memory is not None and len(workers) == n
             if self.grouped:                              # already weighted: shares of the mean over the union
                 xs, ys = (x, y) if len(workers) == n else _union(shards)
-                loss_sum, pred = self._grouped.gradients(xs, ys, sizes[workers], self.loss_fn, grads)
+                if folded:
+                    grads = self.memory.residual
+                loss_sum, pred = self._grouped.gradients(xs, ys, sizes[workers], self.loss_fn, grads, add=folded)
                 stats = np.array([[loss_sum, _correct(pred.data, ys) if self.classify else 0]])
             else:
                 stats = self.backend.gradients(self, shards, grads)
                 if received:
                     grads *= (sizes[workers] / received).astype(np.float32)[:, None]
-            total, message, sent, comm_time = self._communicate(grads, workers)
+            total, message, sent, comm_time = self._communicate(grads, workers, compensated=folded)
         bytes_sent = np.zeros((2, n), dtype=np.int64)    # own message, all bytes put on the wire
         bytes_sent[0, workers], bytes_sent[1, workers] = message, sent
         if received:
