@@ -214,6 +214,9 @@ class LocalBackend:
         model, params, entries = trainer.model, trainer._params, trainer.layout.entries
         stats = np.zeros((len(shards), 2))
         for j, (x, y) in enumerate(shards):
+            if len(x) == 0:                               # more workers than samples: nothing to learn from
+                out[j] = 0
+                continue
             for p in params:
                 p.grad = None
             with np.errstate(over="ignore", invalid="ignore"):
