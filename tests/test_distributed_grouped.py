@@ -130,21 +130,60 @@ def test_grouped_training_equals_shard_by_shard(name, setup):
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=1e-6)
 
 
-def test_error_feedback_conserves_on_the_grouped_path():
-    """sent + residual == gradient + old residual, with the gradient added straight into the residual."""
-    x, y = _data(_twice, 64)
+@pytest.mark.parametrize("encoding", ["int32+float32", "gap16+float16"])
+def test_error_feedback_conserves_on_the_grouped_path(encoding):
+    """sent + residual == gradient, with the gradient added straight into the (zero) residual:
+    top-k sends k values per worker; what stays is the rest, plus float16's rounding error."""
+    x, y = _data(_twice, 32)
     rec_t = dist.DataParallelTrainer(_twice, _sgd, dist.Cluster(4), compressor=Recorder())
-    rec_t.fit((x[:32], y[:32]), batch_size=32)
-    grad = rec_t.compressor.seen[0]                  # the per-worker gradients of that step, uncompressed
-    t = dist.DataParallelTrainer(_twice, _sgd, dist.Cluster(4), compressor=dist.TopK(0.1), error_feedback=True)
+    rec_t.fit((x, y), batch_size=32)
+    grad = rec_t.compressor.seen[0].astype(np.float32)        # the step's per-worker gradients, uncompressed
+    t = dist.DataParallelTrainer(_twice, _sgd, dist.Cluster(4), compressor=dist.TopK(0.1, encoding=encoding),
+                                 error_feedback=True)
     assert t.grouped
-    t.fit((x[:32], y[:32]), batch_size=32)
-    residual = t.memory.residual.copy()
-    kept = np.count_nonzero(grad - residual, axis=1)            # what was sent: the only entries that changed
-    assert list(kept) == [dist.compress._k(0.1, grad.shape[1])] * 4
-    sent = grad - residual
-    np.testing.assert_array_equal(sent[sent != 0], grad[sent != 0])   # top-k sends values whole ...
-    assert np.all(residual[sent != 0] == 0)                           # ... and keeps nothing of them
+    t.fit((x, y), batch_size=32)
+    residual = t.memory.residual
+    k = dist.compress._k(0.1, grad.shape[1])
+    sent = np.zeros_like(grad)
+    for i in range(4):
+        top = np.argsort(np.abs(grad[i]), kind="stable")[-k:]
+        value = grad[i, top].astype(np.float16).astype(np.float32) if encoding == "gap16+float16" else grad[i, top]
+        sent[i, top] = value
+    np.testing.assert_allclose(residual, grad - sent, rtol=1e-6, atol=1e-12)
+    assert np.count_nonzero(sent) == 4 * k
+
+
+@pytest.mark.parametrize("every", [True, False])
+def test_error_feedback_update_from_entries_equals_the_dense_update(every):
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((3, 50)).astype(np.float32)
+    entries = [(np.array([3, 7, 1]), np.array([0.5, -1.25, 2.0], np.float32)), (np.array([], int),
+               np.array([], np.float32)), (np.array([49]), np.array([3.0], np.float32))]
+    dense = np.zeros_like(g)
+    for row, (idx, val) in zip(dense, entries):
+        row[idx] = val
+    workers = None if every else np.array([2, 0, 1])
+    start = rng.standard_normal((3, 50)).astype(np.float32)
+    out = []
+    for sent in (dense, entries):
+        mem = dist.ErrorFeedback(3, 50)
+        mem.residual[:] = start
+        corrected = mem.compensate(g, workers)
+        mem.update(corrected, sent, workers)
+        out.append(mem.residual.copy())
+    np.testing.assert_array_equal(out[0], out[1])
+    rows = slice(None) if every else workers
+    np.testing.assert_array_equal(out[1][rows], (start[rows] + g) - dense)
+
+
+def test_sparse_exchange_sums_like_the_plain_sum():
+    g = np.random.default_rng(1).standard_normal((5, 3000)).astype(np.float32)
+    for comp in (dist.TopK(0.05), dist.Threshold(1.5), dist.DGC(0.05)):
+        ex = comp.exchange(g, dist.Network())
+        assert ex.entries is not None and ex.sent.shape == g.shape
+        np.testing.assert_array_equal(ex.total, dist.plain_sum(ex.sent))
+        for row, (idx, val) in zip(ex.sent, ex.entries):
+            assert np.count_nonzero(row) == len(idx) and np.array_equal(row[idx], val)
 
 
 # ------------------------------------------------------------------ where it does not apply
