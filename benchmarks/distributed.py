@@ -175,7 +175,7 @@ def overhead_part(data, rounds, steps, encoding="int32+float32"):
 
 def dask_part(data, steps):
     x, y = data[0][:steps * 64], data[1][:steps * 64]
-    sim = dist.DataParallelTrainer(model_fn, momentum_sgd, dist.Cluster(2), fuse_shards=False)
+    sim = dist.DataParallelTrainer(model_fn, momentum_sgd, dist.Cluster(2), fuse_shards=False, group_shards=False)
     t_sim = _time(lambda: sim.fit((x, y), batch_size=64))
     with dist.DaskBackend(n_workers=2) as backend:
         print(f"\nDask dashboard: {backend.dashboard_link}")
