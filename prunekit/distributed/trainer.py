@@ -13,8 +13,9 @@ One synchronous step with N workers and global batch B:
    single-process step on the whole batch (Goyal et al. 2017);
 4. every replica applies the same optimizer step, so one model stands for all of them.
 
-The simulator runs one forward/backward per shard in this process; ``backend=DaskBackend(...)``
-runs them as tasks on a Dask cluster instead, with the same result.
+The simulator computes the gradients in this process (one forward/backward per shard, or one
+pass for all of them: fused or grouped, below); ``backend=DaskBackend(...)`` runs the shards
+as tasks on a Dask cluster instead, with the same result.
 
 Fused shards: with no compressor the workers' gradients are only ever summed, and the
 weighted sum of the shards' gradients *is* the gradient of the mean loss over their union
@@ -22,7 +23,7 @@ weighted sum of the shards' gradients *is* the gradient of the mean loss over th
 forward/backward over the received samples and charges the all-reduce's time and bytes from
 the cost model: same numbers up to float rounding, N times fewer Python round trips. Not
 for models with batch norm or dropout, whose per-shard statistics or random masks differ
-(``fuse_shards="auto"`` checks; ``False`` always runs the shards one by one).
+(``fuse_shards="auto"`` checks; ``False`` turns it off).
 
 Grouped shards: a compressor needs every worker's *own* gradient, so the sum trick does not
 apply. But without batch norm and dropout the samples still do not interact, so one
