@@ -41,6 +41,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .._glue import LOSSES
+from .._validate import fail
 from ..tensor import Tensor
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -131,6 +132,8 @@ class GroupedPass:
     def _linear(self, m, x):
         """``F.linear`` whose backward gives each group of rows its own weight and bias gradient."""
         w, b = m.weight, m.bias
+        if x.shape[-1] != w.shape[1]:
+            fail("x", f"an input whose last dimension is in_features={w.shape[1]}", f"shape {x.shape}")
         data = x.data @ w.data.T
         if b is not None:
             data += b.data
