@@ -89,6 +89,22 @@ def test_grouped_gradients_equal_shard_by_shard(model_fn, setup):
         np.testing.assert_allclose(grouped, by_shard, rtol=1e-5, atol=1e-6 * np.abs(by_shard).max())
 
 
+def test_grouped_gradients_with_the_mse_loss():
+    """mse is a mean over samples and outputs: a worker's share is still n_i / R of its own mean."""
+    x, _ = _data(_twice, 60)
+    target = np.random.default_rng(4).standard_normal((60, 3))
+    seen = []
+    for group in ("auto", False):
+        rec = Recorder()
+        t = dist.DataParallelTrainer(_twice, _sgd, dist.Cluster(8), compressor=rec, group_shards=group, loss="mse",
+                                     shards="proportional")
+        assert t.grouped == (group == "auto")
+        t.fit((x, target), epochs=2, batch_size=30)
+        seen.append(np.array(rec.seen))
+    assert seen[0].shape == (4, 8, seen[0].shape[2])
+    np.testing.assert_allclose(seen[0], seen[1], rtol=1e-5, atol=1e-6 * np.abs(seen[1]).max())
+
+
 def test_empty_shards_get_a_zero_gradient_on_both_paths():
     x, y = _data(_twice, 5)                          # 5 samples for 8 workers: three shards are empty
     seen = []
