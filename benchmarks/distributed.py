@@ -192,20 +192,27 @@ def overhead_part(data, rounds, steps, encoding="int32+float32"):
         m = model_fn()
         pk.fit(m, pk.data.DataLoader(x, y, BATCH), momentum_sgd(m.parameters()), epochs=1, progress=False)
 
-    def sim(fuse, comp=None, ef=False, opt=momentum_sgd):
+    def sim(fuse, comp=None, ef=False, opt=momentum_sgd, group="auto"):
         def run():
-            t = dist.DataParallelTrainer(model_fn, opt, dist.Cluster(WORKERS), fuse_shards=fuse,
+            t = dist.DataParallelTrainer(model_fn, opt, dist.Cluster(WORKERS), fuse_shards=fuse, group_shards=group,
                                          compressor=comp() if comp else None, error_feedback=ef)
             t.fit((x, y), epochs=1, batch_size=BATCH)
         return run
 
+    def topk():
+        return dist.TopK(0.001, encoding=encoding)
+
+    def dgc():
+        return dist.DGC(0.001, encoding=encoding)
+
+    enc = "" if encoding == "int32+float32" else f", {encoding}"
     candidates = {"single process": single, "8 workers (fused shards)": sim("auto"),
-                  "8 workers (shard by shard)": sim(False),
-                  "8 workers, top-k 0.001 + EF": sim(False, lambda: dist.TopK(0.001, encoding=encoding), True)}
-    if encoding != "int32+float32":
-        candidates = {k + (f", {encoding}" if "top-k" in k else ""): v for k, v in candidates.items()}
-    candidates[f"8 workers, DGC 0.001, {encoding}"] = sim(False, lambda: dist.DGC(0.001, encoding=encoding),
-                                                          opt=plain_sgd)
+                  "8 workers (shard by shard)": sim(False, group=False),
+                  "8 workers (grouped)": sim(False)}
+    for path, group in (("shard by shard", False), ("grouped", "auto")):
+        candidates[f"8 workers, top-k 0.001 + EF{enc} ({path})"] = sim(False, topk, True, group=group)
+        candidates[f"8 workers, DGC 0.001{enc} ({path})"] = sim(False, dgc, opt=plain_sgd, group=group)
+        candidates[f"8 workers, PowerSGD rank 2 ({path})"] = sim(False, lambda: dist.PowerSGD(2), group=group)
     times = {k: [] for k in candidates}
     for fn in candidates.values():
         fn()   # warm-up (numba compilation, caches)
@@ -226,7 +233,7 @@ def overhead_part(data, rounds, steps, encoding="int32+float32"):
 
 def dask_part(data, steps):
     x, y = data[0][:steps * 64], data[1][:steps * 64]
-    sim = dist.DataParallelTrainer(model_fn, momentum_sgd, dist.Cluster(2), fuse_shards=False)
+    sim = dist.DataParallelTrainer(model_fn, momentum_sgd, dist.Cluster(2), fuse_shards=False, group_shards=False)
     t_sim = _time(lambda: sim.fit((x, y), batch_size=64))
     with dist.DaskBackend(n_workers=2) as backend:
         print(f"\nDask dashboard: {backend.dashboard_link}")

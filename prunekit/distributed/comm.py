@@ -254,18 +254,21 @@ def parameter_server(arrays, network, *, nbytes=None):
                             allreduce_bytes("parameter_server", n, size), "parameter_server")
 
 
-def allgather(message, network, *, decompressed=None):
+def allgather(message, network, *, decompressed=None, total=None):
     """Ring all-gather of compressed messages; every worker decompresses all of them and sums.
 
     For messages that cannot be summed while compressed (top-k's indices differ from
     worker to worker). In step s worker i forwards the message of worker i - s, so it
     sends every message but its successor's; a step lasts as long as its largest message.
-    ``decompressed`` saves decompressing again when the caller already did.
+    ``decompressed`` saves decompressing again when the caller already did; ``total``
+    saves the sum too (a sparse message's caller adds its entries instead).
     """
     sizes = np.asarray(message.nbytes, dtype=np.int64)
     n = len(sizes)
-    dense = message.decompress() if decompressed is None else decompressed
-    result = plain_sum(dense)
+    if total is not None:
+        result = total
+    else:
+        result = plain_sum(message.decompress() if decompressed is None else decompressed)
     if n == 1:
         return CollectiveResult(result, 0.0, [0], "allgather")
     sent = sizes.sum() - np.roll(sizes, -1)

@@ -59,7 +59,21 @@ class ErrorFeedback:
         return grads + self.residual[w]
 
     def update(self, corrected, sent, workers=None):
-        """Keep what was not sent: ``residual = corrected - sent`` (in place after an in-place compensate)."""
+        """Keep what was not sent: ``residual = corrected - sent`` (in place after an in-place compensate).
+
+        ``sent`` is ``(n_workers, D)``, or per worker the ``(indices, values)`` of a sparse
+        message (:attr:`Exchange.entries`): then, in place, only those entries change,
+        with the same result (everywhere else ``corrected - 0`` is ``corrected``).
+        """
+        if corrected is self.residual and not isinstance(sent, np.ndarray):
+            for row, (idx, val) in zip(self.residual, sent):
+                row[idx] -= val
+            return
+        if not isinstance(sent, np.ndarray):
+            dense = np.zeros(np.shape(corrected), dtype=np.float32)
+            for row, (idx, val) in zip(dense, sent):
+                row[idx] = val
+            sent = dense
         if corrected is self.residual:
             np.subtract(self.residual, sent, out=self.residual)
             return

@@ -13,8 +13,9 @@ One synchronous step with N workers and global batch B:
    single-process step on the whole batch (Goyal et al. 2017);
 4. every replica applies the same optimizer step, so one model stands for all of them.
 
-The simulator runs one forward/backward per shard in this process; ``backend=DaskBackend(...)``
-runs them as tasks on a Dask cluster instead, with the same result.
+The simulator computes the gradients in this process (one forward/backward per shard, or one
+pass for all of them: fused or grouped, below); ``backend=DaskBackend(...)`` runs the shards
+as tasks on a Dask cluster instead, with the same result.
 
 Fused shards: with no compressor the workers' gradients are only ever summed, and the
 weighted sum of the shards' gradients *is* the gradient of the mean loss over their union
@@ -22,7 +23,16 @@ weighted sum of the shards' gradients *is* the gradient of the mean loss over th
 forward/backward over the received samples and charges the all-reduce's time and bytes from
 the cost model: same numbers up to float rounding, N times fewer Python round trips. Not
 for models with batch norm or dropout, whose per-shard statistics or random masks differ
-(``fuse_shards="auto"`` checks; ``False`` always runs the shards one by one).
+(``fuse_shards="auto"`` checks; ``False`` turns it off).
+
+Grouped shards: a compressor needs every worker's *own* gradient, so the sum trick does not
+apply. But without batch norm and dropout the samples still do not interact, so one
+forward/backward over the received samples gives every activation and output gradient the
+shard passes would; only the parameter gradients must be summed per worker, and the
+Linear/Conv2d layers are given a backward that does that for the length of the pass
+(``_grouped.py``). Same per-worker gradients up to float rounding, in one pass instead of N.
+``group_shards="auto"`` uses it where it is valid; ``trainer.gradient_path`` says which path
+runs and, for shard by shard, why (``False`` always runs the shards one by one).
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ from ..train import Callback, History, TrainState, evaluate
 from .. import nn
 from .comm import COLLECTIVES, Cluster, allreduce_bytes, allreduce_time
 from .compress import Compressor, Layout, get_compressor
+from ._grouped import GroupedPass, unsupported_reason
 from .memory import ErrorFeedback
 
 __all__ = ["DataParallelTrainer", "TrainingRun", "Timeline", "equal_shards", "proportional_shards",
@@ -204,6 +215,9 @@ class LocalBackend:
         model, params, entries = trainer.model, trainer._params, trainer.layout.entries
         stats = np.zeros((len(shards), 2))
         for j, (x, y) in enumerate(shards):
+            if len(x) == 0:                               # more workers than samples: nothing to learn from
+                out[j] = 0
+                continue
             for p in params:
                 p.grad = None
             with np.errstate(over="ignore", invalid="ignore"):
@@ -245,11 +259,16 @@ class DataParallelTrainer:
     proportional to its speed measured at the previous step. ``backend``: None (this
     process) or a :class:`DaskBackend`. ``fuse_shards``: "auto", True or False (see the
     module docstring: one pass over the received samples when only their sum matters).
+    ``group_shards``: "auto", True or False: when each worker's own gradient is needed (a
+    compressor, or ``fuse_shards=False``), compute all of them in one grouped pass where
+    that is valid (True: raise where it is not). ``gradient_path`` says how each step computes
+    the gradients: "fused" (one pass, only their sum), "grouped" (one pass, every worker's own)
+    or "shard by shard (<why neither applies>)"; ``fused`` and ``grouped`` are the same as bools.
     """
 
     def __init__(self, model_fn, optimizer_fn, cluster, *, compressor=None, error_feedback=False,
                  collective="ring", backup_workers=None, node_ratio=None, shards="equal",
-                 loss="cross_entropy", backend=None, fuse_shards="auto"):
+                 loss="cross_entropy", backend=None, fuse_shards="auto", group_shards="auto"):
         if not callable(model_fn):
             fail("model_fn", "a callable () -> Module", model_fn, TypeError)
         if not callable(optimizer_fn):
@@ -295,6 +314,21 @@ class DataParallelTrainer:
                  "and the local backend", fuse_shards)
         self.fused = fuse_shards is not False and self.compressor is None and not stochastic and isinstance(
             self.backend, LocalBackend)
+        check_option("group_shards", group_shards, ("auto", True, False))
+        if self.fused:
+            reason = None
+        elif group_shards is False:
+            reason = "group_shards=False"
+        elif not isinstance(self.backend, LocalBackend):
+            reason = f"{type(self.backend).__name__} computes each shard as its own task"
+        else:
+            reason = unsupported_reason(self.model, loss)
+        if group_shards is True and reason is not None:
+            fail("group_shards", "False or 'auto' where grouped gradients are not valid", f"True ({reason})")
+        self.grouped = not self.fused and reason is None
+        self._grouped = GroupedPass(self.model, self._params, self.layout.entries) if self.grouped else None
+        self.gradient_path = ("fused" if self.fused else "grouped" if self.grouped
+                              else f"shard by shard ({reason})")
         self.step = 0
         self.clock = 0.0
         self._measured = np.ones(n)
@@ -308,7 +342,8 @@ class DataParallelTrainer:
     def __repr__(self):
         return (f"DataParallelTrainer({self.cluster.n_workers} workers, compressor={self.compressor!r}, "
                 f"error_feedback={self.memory is not None}, collective={self.collective!r}, "
-                f"backup_workers={self.backup_workers}, shards={self.shards!r})")
+                f"backup_workers={self.backup_workers}, shards={self.shards!r}, "
+                f"gradient_path={self.gradient_path!r})")
 
     # -------------------------------------------------------------- one step
     def _plan(self, batch_size, speeds):
@@ -321,15 +356,16 @@ class DataParallelTrainer:
         fastest = np.argsort(compute, kind="stable")[:keep]
         return sizes, compute, np.sort(fastest)
 
-    def _communicate(self, grads, workers):
+    def _communicate(self, grads, workers, compensated=False):
+        """``compensated``: ``grads`` is already the memory's residual plus the gradients (grouped pass)."""
         net = self.cluster.network
         if self.compressor is None:
             r = COLLECTIVES[self.collective](grads, net)
             return r.result, grads[0].nbytes, r.bytes_sent, r.time_s
-        corrected = grads if self.memory is None else self.memory.compensate(grads, workers)
+        corrected = grads if self.memory is None or compensated else self.memory.compensate(grads, workers)
         ex = self.compressor.exchange(corrected, net, collective=self.collective, workers=workers)
         if self.memory is not None:
-            self.memory.update(corrected, ex.sent, workers)
+            self.memory.update(corrected, ex.sent if ex.entries is None else ex.entries, workers)
         return ex.total, ex.message_bytes, ex.bytes_sent, ex.time_s
 
     def _train_step(self, x, y, speeds=None):
@@ -352,10 +388,19 @@ class DataParallelTrainer:
             comm_time = allreduce_time(self.collective, len(workers), message, self.cluster.network)
         else:
             grads = self._grads[:len(workers)]
-            stats = self.backend.gradients(self, shards, grads)
-            if received:
-                grads *= (sizes[workers] / received).astype(np.float32)[:, None]
-            total, message, sent, comm_time = self._communicate(grads, workers)
+            # with error feedback and every worker, the grouped pass adds straight into the residual
+            folded = self.grouped and self.memory is not None and len(workers) == n
+            if self.grouped:                              # already weighted: shares of the mean over the union
+                xs, ys = (x, y) if len(workers) == n else _union(shards)
+                if folded:
+                    grads = self.memory.residual
+                loss_sum, pred = self._grouped.gradients(xs, ys, sizes[workers], self.loss_fn, grads, add=folded)
+                stats = np.array([[loss_sum, _correct(pred.data, ys) if self.classify else 0]])
+            else:
+                stats = self.backend.gradients(self, shards, grads)
+                if received:
+                    grads *= (sizes[workers] / received).astype(np.float32)[:, None]
+            total, message, sent, comm_time = self._communicate(grads, workers, compensated=folded)
         bytes_sent = np.zeros((2, n), dtype=np.int64)    # own message, all bytes put on the wire
         bytes_sent[0, workers], bytes_sent[1, workers] = message, sent
         if received:
