@@ -80,14 +80,14 @@ from .._validate import check_option, fail
 from . import modules as M
 
 __all__ = ["export", "load_exported", "read_manifest", "file_nbytes", "register_kind", "pack_bits", "unpack_bits",
-           "FORMAT", "VERSION"]
+           "FORMAT", "VERSION", "READS"]
 
 FORMAT, VERSION = "prunekit.quant", 2
 READS = (1, 2)
 """Format versions :func:`load_exported` reads. A file says the lowest version that can read it:
 1 when every weight is stored dense, 2 when at least one is sparse (a bitmask)."""
 MANIFEST = "__manifest__"
-SPARSE_OPTIONS = ("auto", True, False)
+_SPARSE_OPTIONS = ("auto", True, False)
 
 
 # =========================================================================== bit packing
@@ -343,7 +343,7 @@ def _check_sparse(sparse):
     """export()'s ``sparse``: "auto", True or False (not 0 or 1, which compare equal to False and True)."""
     if not isinstance(sparse, (str, bool, np.bool_)):
         fail("sparse", "one of {'auto', True, False}", repr(sparse), TypeError)
-    return check_option("sparse", sparse if isinstance(sparse, str) else bool(sparse), SPARSE_OPTIONS)
+    return check_option("sparse", sparse if isinstance(sparse, str) else bool(sparse), _SPARSE_OPTIONS)
 
 
 def _payload_sha256(arrays):
