@@ -46,8 +46,9 @@ bitorder="little")`` over the ``n`` weights in row-major order (``ceil(n / 8)`` 
 past ``n`` zero) and ``weight`` holds the ``nnz`` nonzero ``q`` in the same order, int8 or
 bit-packed as above (then ``count == nnz``). A pruned weight is 0.0 and the weights' zero point
 is 0, so it quantizes to exactly 0 and the mask holds the pruning mask. ``export(sparse="auto")``
-stores a layer this way only when it is fewer bytes: ``ceil(n / 8) + nnz * b / 8 < n * b / 8``
-(int8: more than 1/8 of the weights zero). The reader checks that the mask has ``nnz`` bits set
+stores a layer this way only when the file gets smaller: ``ceil(n / 8) + ceil(nnz * b / 8) + 512 <
+ceil(n * b / 8)`` bytes, 512 for the mask being one more array (its headers and manifest lines);
+for a large int8 layer, when more than 1/8 of the weights are zero. The reader checks that the mask has ``nnz`` bits set
 and ``weight`` ``nnz`` values, and refuses the file (``ValueError`` naming the array) if not.
 
 Versions: a file says the lowest version that reads it, 1 when every weight is dense
@@ -88,6 +89,9 @@ READS = (1, 2)
 1 when every weight is stored dense, 2 when at least one is sparse (a bitmask)."""
 MANIFEST = "__manifest__"
 _SPARSE_OPTIONS = ("auto", True, False)
+_MASK_ARRAY_COST = 512
+"""Bytes one more array costs in the file: its .npy header (128), the zip's headers (two with its name) and
+its manifest lines; 414-428 measured for the names export() writes. "auto" counts it against the mask."""
 
 
 # =========================================================================== bit packing
@@ -155,11 +159,16 @@ def _sparse_nbytes(n, nnz, bits):
 
 
 def _use_sparse(q, bits, sparse):
-    """Store ``q`` sparse? ``sparse`` True / False decides; "auto" says yes only when that is fewer bytes."""
+    """Store ``q`` sparse? ``sparse`` True / False decides; "auto" says yes only when the file gets smaller.
+
+    The mask is one more array in the file, so its overhead (:data:`_MASK_ARRAY_COST`) counts
+    too: without it a small layer with a few zeros (LeNet-5's last layer at 4 bits, 420 bytes)
+    made the file 401 bytes larger.
+    """
     if sparse != "auto":
         return sparse
     n = q.size
-    return _sparse_nbytes(n, int(np.count_nonzero(q)), bits) < _packed_nbytes(n, bits)
+    return _sparse_nbytes(n, int(np.count_nonzero(q)), bits) + _MASK_ARRAY_COST < _packed_nbytes(n, bits)
 
 
 def _put_weight(put, q, bits, sparse):
@@ -359,9 +368,10 @@ def export(model, path, *, sparse="auto"):
     """Write a :class:`~prunekit.quant.modules.QuantizedModel` to ``path`` (.npz + JSON manifest, no pickle).
 
     ``sparse`` says how linear and conv weights are stored: ``"auto"`` as a bitmask plus the
-    nonzero values for each layer where that takes fewer bytes (``ceil(n / 8) + nnz * bits / 8``
-    against ``n * bits / 8``: for int8 weights, more than 1/8 of them zero, as in a pruned layer),
-    ``True`` always, ``False`` never (every weight, zeros included; a version-1 file). The file
+    nonzero values for each layer where that makes the file smaller (``ceil(n / 8) + nnz * bits / 8``
+    plus 512 bytes for one more array, against ``n * bits / 8``: for a large int8 layer, more than
+    1/8 of its weights zero, as in a pruned layer), ``True`` always, ``False`` never (every weight,
+    zeros included; a version-1 file). The file
     is written under a temporary name and renamed, so a crash never leaves a half-written
     model. Returns the path written (``.npz`` added if missing).
     """
