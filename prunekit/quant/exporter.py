@@ -45,16 +45,18 @@ Sparse weights (version 2), for pruned layers: ``weight_mask`` is ``np.packbits(
 bitorder="little")`` over the ``n`` weights in row-major order (``ceil(n / 8)`` bytes, the bits
 past ``n`` zero) and ``weight`` holds the ``nnz`` nonzero ``q`` in the same order, int8 or
 bit-packed as above (then ``count == nnz``). A pruned weight is 0.0 and the weights' zero point
-is 0, so it quantizes to exactly 0 and the mask holds the pruning mask. ``export(sparse="auto")``
-stores a layer this way only when the file gets smaller: ``ceil(n / 8) + ceil(nnz * b / 8) + 512 <
-ceil(n * b / 8)`` bytes, 512 for the mask being one more array (its headers and manifest lines);
-for a large int8 layer, when more than 1/8 of the weights are zero. The reader checks that the mask has ``nnz`` bits set
-and ``weight`` ``nnz`` values, and refuses the file (``ValueError`` naming the array) if not.
+is 0, so it quantizes to exactly 0 and the mask holds the pruning mask (plus any weight that
+rounded to 0). ``export(sparse="auto")`` stores a layer this way only when the file gets smaller:
+``ceil(n / 8) + ceil(nnz * b / 8) + 512 < ceil(n * b / 8)`` bytes, the 512 for the mask being one
+more array (its headers and manifest lines); for a large int8 layer, when more than 1/8 of its
+weights are zero. The reader checks that the mask has ``nnz`` bits set and ``weight`` holds
+``nnz`` values, and refuses the file (``ValueError`` naming the array) if not.
 
-Versions: a file says the lowest version that reads it, 1 when every weight is dense
-(``sparse=False``, or nothing to gain), 2 when any is sparse; a version-1 file has the same
-manifest and arrays as prunekit wrote before sparse weights existed. This reader reads both; a reader of
-version 1 only refuses a version-2 file ("format version 2") instead of misreading it.
+Versions: a file says the lowest version that reads it: 1 when every weight is dense
+(``sparse=False``, or nothing to gain), 2 when any is sparse. A version-1 file has the same
+manifest and arrays as prunekit wrote before sparse weights existed, so older prunekits read
+it; they refuse a version-2 file ("format version 2") instead of misreading it. This reader
+reads both.
 
 Integrity: ``payload_sha256`` is the SHA-256 over every array except the manifest, in
 sorted name order, of ``name``, ``dtype``, ``shape`` and the raw bytes. A file whose
