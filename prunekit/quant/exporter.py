@@ -373,9 +373,10 @@ def export(model, path, *, sparse="auto"):
     nonzero values for each layer where that makes the file smaller (``ceil(n / 8) + nnz * bits / 8``
     plus 512 bytes for one more array, against ``n * bits / 8``: for a large int8 layer, more than
     1/8 of its weights zero, as in a pruned layer), ``True`` always, ``False`` never (every weight,
-    zeros included; a version-1 file). The file
-    is written under a temporary name and renamed, so a crash never leaves a half-written
-    model. Returns the path written (``.npz`` added if missing).
+    zeros included; a version-1 file, as older prunekits wrote and read).
+
+    The file is written under a temporary name and renamed, so a crash never leaves a
+    half-written model. Returns the path written (``.npz`` added if missing).
     """
     if not isinstance(model, M.QuantizedModel):
         fail("model", "a QuantizedModel (from quantize_model() or convert())", type(model).__name__, TypeError)
