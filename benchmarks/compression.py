@@ -3,6 +3,7 @@
     python benchmarks/compression.py                  # LeNet-300-100 and LeNet-5, the default recipe
     python benchmarks/compression.py --model lenet300 # one model (lenet300, lenet5, lenet5_aggressive)
     python benchmarks/compression.py --quick          # a tiny run (seconds) that checks the pipeline
+    python benchmarks/compression.py --no-latency     # accuracy and bytes only (no timing: faster; for a busy machine)
 
 Stages (Han, Mao & Dally 2016): dense float32 -> iterative magnitude pruning with
 fine-tuning -> k-means weight sharing with centroid fine-tuning -> Huffman coding; then the
@@ -14,7 +15,8 @@ model, then converted to the integer model), each 4-bit pair with one weight sca
 channel and with one per tensor.
 Every "bytes on disk" figure is the size of a file actually written
 (``nn.save`` for the dense model, ``quant.save_compressed`` for the pruned and the
-compressed ones, ``quant.export`` for the quantized ones), every overhead included
+compressed ones, ``quant.export`` for the quantized ones: a layer with enough zeros as a bitmask plus its
+nonzeros), every overhead included
 (indices, codebooks, code tables, scales, biases, zip and manifest); the ratio is against the
 dense file. The compressed and the quantized models' accuracy and latency are measured on the
 model read back from its file (``quant.load_compressed`` + ``quant.unshare``, ``quant.load_exported``).
@@ -358,14 +360,20 @@ def measure(rows, x, workdir, repeats):
 # --------------------------------------------------------------------------- the run
 
 
-def model_rows(name, recipe, train, test, stages=None, repeats=500, log=print):
-    """Deep Compression, then the :data:`STAGES` rows, then latencies: ``(list of Measured, report, shared model)``."""
+def model_rows(name, recipe, train, test, stages=None, repeats=500, log=print, latency=True):
+    """Deep Compression, then the :data:`STAGES` rows, then latencies: ``(list of Measured, report, shared model)``.
+
+    ``latency=False`` skips the timing and the ONNX Runtime check (their columns say "-").
+    """
     rows, report, model = deep_compression(name, recipe, train, test, log=log)
     pick = np.random.default_rng(0).choice(len(train[0]), min(CALIBRATION_SAMPLES, len(train[0])), replace=False)
     with tempfile.TemporaryDirectory() as d:
         ctx = Context(rows[0].model, rows[1].model, train, test, (train[0][pick], train[1][pick]), recipe, d)
         rows += stage_rows(ctx, stages, log=log)
-        measured = measure(rows, np.ascontiguousarray(test[0], np.float32), d, repeats)
+        if latency:
+            measured = measure(rows, np.ascontiguousarray(test[0], np.float32), d, repeats)
+        else:
+            measured = [Measured(r.stage, r.accuracy, r.nbytes, None, None, None, None) for r in rows]
     return measured, report, model
 
 
@@ -391,9 +399,10 @@ def table(measured):
     return "\n".join(lines)
 
 
-def run(names, quick=False):
+def run(names, quick=False, latency=True):
     """Run the benchmark for the models ``names`` (keys of :data:`RECIPES`) and print the tables;
-    returns ``{name: list of Measured}``. ``quick``: 2,000 training and 500 test images, one epoch per stage."""
+    returns ``{name: list of Measured}``. ``quick``: 2,000 training and 500 test images, one epoch per stage.
+    ``latency=False``: accuracy and bytes only."""
     train, test = pk.data.load_fashion_mnist(flatten=True)
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); numpy {np.__version__}; prunekit {pk.__version__}")
     results = {}
@@ -406,7 +415,7 @@ def run(names, quick=False):
         if quick:
             tr, te = (tr[0][:2000], tr[1][:2000]), (te[0][:500], te[1][:500])
             recipe.update(train_epochs=1, prune_rounds=1, prune_epochs=1, share_epochs=1, qat_epochs=1)
-        measured, report, model = model_rows(name, recipe, tr, te, repeats=50 if quick else 500)
+        measured, report, model = model_rows(name, recipe, tr, te, repeats=50 if quick else 500, latency=latency)
         results[name] = measured
         print(report)
         print(f"\n{name} on Fashion-MNIST ({len(te[0])} test images)\n")
@@ -429,5 +438,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(RECIPES), action="append")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-latency", action="store_true", help="accuracy and bytes only: no batch-1 timing, "
+                    "no ONNX Runtime check (faster, and nothing to distort on a busy machine)")
     args = ap.parse_args()
-    run(args.model or ["lenet300", "lenet5"], args.quick)
+    run(args.model or ["lenet300", "lenet5"], args.quick, latency=not args.no_latency)
