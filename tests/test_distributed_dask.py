@@ -96,6 +96,18 @@ def test_dask_gives_the_simulators_weights(backend, options):
     assert np.array_equal(real_run.bytes_sent, sim_run.bytes_sent)
 
 
+def test_a_batch_smaller_than_the_cluster_leaves_the_empty_shards_at_zero(backend):
+    x, y = _data(12)                                      # batches of 3 over 4 workers: one shard empty each step
+    sim = dist.DataParallelTrainer(MODEL, _sgd, dist.Cluster(4))
+    sim_run = sim.fit((x, y), epochs=1, batch_size=3)
+    real = dist.DataParallelTrainer(MODEL, _sgd, dist.Cluster(4), backend=backend)
+    real_run = real.fit((x, y), epochs=1, batch_size=3)
+    assert np.isfinite(real_run.history["loss"]).all()
+    np.testing.assert_allclose(real_run.history["loss"], sim_run.history["loss"], rtol=1e-5)
+    for a, b in zip(_weights(sim), _weights(real)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_a_worker_killed_mid_task_loses_no_update(backend, tmp_path):
     x, y = _data()
     flag = str(tmp_path / "kill-now")

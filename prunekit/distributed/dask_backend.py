@@ -94,9 +94,10 @@ class DaskBackend:
 
         state = {k: np.ascontiguousarray(v) for k, v in trainer.model.state_dict().items()}
         [weights] = self.client.scatter([state], broadcast=True, hash=False)   # once per step
-        futures = [self.client.submit(_shard_gradient, trainer.model_fn, weights, x, y, trainer.loss,
+        busy = [j for j, (x, _) in enumerate(shards) if len(x)]   # an empty shard has nothing to learn from
+        futures = [self.client.submit(_shard_gradient, trainer.model_fn, weights, *shards[j], trainer.loss,
                                       trainer.classify, pure=False, retries=self.retries)
-                   for x, y in shards]
+                   for j in busy]
         try:
             wait(futures, timeout=self.timeout_s * 4, return_when="ALL_COMPLETED")
         except TimeoutError:
@@ -106,7 +107,8 @@ class DaskBackend:
                                f"{self.timeout_s * 4:g} s (4 x timeout_s); are the Dask workers alive?") from None
         results = self.client.gather(futures)
         stats = np.zeros((len(shards), 2))
-        for j, (grad, loss_sum, correct) in enumerate(results):
+        out[:] = 0                                                 # the empty shards' gradient
+        for j, (grad, loss_sum, correct) in zip(busy, results):
             if grad.shape != (out.shape[1],):
                 fail("model_fn", f"a model whose parameters match the trainer's ({out.shape[1]} values)",
                      f"{grad.size} values on a Dask worker")
