@@ -298,3 +298,21 @@ def test_a_layer_that_does_not_see_the_batch_on_axis_0_is_a_clear_error():
     assert all("forward" not in vars(m) for m in t.model.modules())
     dist.DataParallelTrainer(model_fn, _sgd, dist.Cluster(4), compressor="topk", group_shards=False).fit(
         (x.astype(np.float32), y), batch_size=16)
+
+
+def test_a_custom_loss_is_not_fused_unless_asked():
+    """Fusing is right only for a mean of per-sample losses, which prunekit cannot check in a custom loss."""
+    def loss(pred, y):                               # not per-sample: the square of the batch's mean logit
+        return pk.functional.cross_entropy(pred, y) + pred.mean() ** 2
+
+    x, y = _data(_twice, 32)
+    x = x.astype(np.float32)
+    auto = dist.DataParallelTrainer(_mlp, _sgd, dist.Cluster(4), loss=loss)
+    shards = dist.DataParallelTrainer(_mlp, _sgd, dist.Cluster(4), loss=loss, fuse_shards=False, group_shards=False)
+    forced = dist.DataParallelTrainer(_mlp, _sgd, dist.Cluster(4), loss=loss, fuse_shards=True)
+    assert not auto.fused and auto.gradient_path.startswith("shard by shard (a custom loss") and forced.fused
+    for t in (auto, shards, forced):
+        t.fit((x, y), batch_size=16)
+    for a, b, c in zip(auto.model.parameters(), shards.model.parameters(), forced.model.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-7)
+    assert max(np.abs(a.data - c.data).max() for a, c in zip(auto.model.parameters(), forced.model.parameters())) > 1e-4

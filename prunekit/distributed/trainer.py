@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from .._glue import batches, get_loss, is_classification
+from .._glue import LOSSES, batches, get_loss, is_classification
 from .._validate import check_int, check_number, check_option, fail
 from ..tensor import Tensor
 from ..train import Callback, History, TrainState, evaluate
@@ -258,7 +258,8 @@ class DataParallelTrainer:
     waited for. ``shards="proportional"`` gives each worker a share of the batch
     proportional to its speed measured at the previous step. ``backend``: None (this
     process) or a :class:`DaskBackend`. ``fuse_shards``: "auto", True or False (see the
-    module docstring: one pass over the received samples when only their sum matters).
+    module docstring: one pass over the received samples when only their sum matters; with
+    a custom ``loss`` only if you say True, since it must be a mean of per-sample losses).
     ``group_shards``: "auto", True or False: when each worker's own gradient is needed (a
     compressor, or ``fuse_shards=False``), compute all of them in one grouped pass where
     that is valid (True: raise where it is not). ``gradient_path`` says how each step computes
@@ -312,8 +313,10 @@ class DataParallelTrainer:
                                     or not isinstance(self.backend, LocalBackend)):
             fail("fuse_shards", "False or 'auto' unless there is no compressor, no batch norm or dropout "
                  "and the local backend", fuse_shards)
-        self.fused = fuse_shards is not False and self.compressor is None and not stochastic and isinstance(
-            self.backend, LocalBackend)
+        # a custom loss may not be a per-sample mean (a regulariser, say): then the fused pass would be wrong
+        custom_loss = not (isinstance(loss, str) or any(loss is f for f in LOSSES.values()))
+        self.fused = (fuse_shards is True or (fuse_shards == "auto" and not custom_loss)) and \
+            self.compressor is None and not stochastic and isinstance(self.backend, LocalBackend)
         check_option("group_shards", group_shards, ("auto", True, False))
         if self.fused:
             reason = None
