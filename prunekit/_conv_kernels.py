@@ -56,25 +56,48 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
 def im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     """Fill ``cols`` (C*KH*KW, N*OH*OW) with the patches of ``x`` (N, C, H, W).
 
-    The innermost loop runs along an output row, reading and writing memory in
-    order, which is what makes this layout fast.
+    Samples are shared out between the threads; each one's columns are filled by
+    :func:`_im2col_sample`. (Why a separate function: inside a ``prange`` body numba
+    cannot tell that an index built from the sample number is never negative, so it
+    checks every access and the compiler leaves the copy loop scalar: measured 8x
+    slower, 4.2 against 0.5 ms, for LeNet-5's second layer at batch 128 on one core.)
     """
-    n_, c_, h_, w_ = x.shape
+    n_ = x.shape[0]
+    m = oh * ow
     for n in prange(n_):
+        _im2col_sample(x[n], kh, kw, sh, sw, ph, pw, oh, ow, cols[:, n * m:(n + 1) * m])
+
+
+@njit
+def _im2col_sample(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    """One sample: ``cols`` (C*KH*KW, OH*OW) from ``x`` (C, H, W).
+
+    The innermost loop runs along an output row, reading and writing memory in
+    order, which is what makes this layout fast. A padded input is first copied
+    into a zero-bordered buffer, so that loop has no bounds test and all its
+    indices come from ``range``: the compiler then vectorises the copy.
+    """
+    c_, h_, w_ = x.shape
+    if ph or pw:
+        xp = np.zeros((c_, h_ + 2 * ph, w_ + 2 * pw), x.dtype)
         for c in range(c_):
-            for a in range(kh):
-                for b in range(kw):
-                    r = (c * kh + a) * kw + b
-                    for i in range(oh):
-                        y = i * sh - ph + a
-                        base = (n * oh + i) * ow
-                        if y < 0 or y >= h_:
-                            for j in range(ow):
-                                cols[r, base + j] = 0
-                        else:
-                            for j in range(ow):
-                                xx = j * sw - pw + b
-                                cols[r, base + j] = x[n, c, y, xx] if 0 <= xx < w_ else 0
+            for y in range(h_):
+                for j in range(w_):
+                    xp[c, y + ph, j + pw] = x[c, y, j]
+    else:
+        xp = x
+    for c in range(c_):
+        for a in range(kh):
+            for b in range(kw):
+                r = (c * kh + a) * kw + b
+                for i in range(oh):
+                    y = i * sh + a
+                    if sw == 1:
+                        for j in range(ow):
+                            cols[r, i * ow + j] = xp[c, y, j + b]
+                    else:
+                        for j in range(ow):
+                            cols[r, i * ow + j] = xp[c, y, j * sw + b]
 
 
 # ------------------------------------------------------------------ col2im
@@ -97,22 +120,46 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, oh, ow, out):
 
 @njit(parallel=True, reference=_col2im_into)
 def col2im_kernel(cols, kh, kw, sh, sw, ph, pw, oh, ow, out):
-    """Add every entry of ``cols`` (C*KH*KW, N*OH*OW) back into ``out`` (N, C, H, W), which is overwritten."""
-    n_, c_, h_, w_ = out.shape
-    for n in prange(n_):  # each sample writes only its own slice: no races
-        out[n] = 0
+    """Add every entry of ``cols`` (C*KH*KW, N*OH*OW) back into ``out`` (N, C, H, W), which is overwritten.
+
+    Each sample writes only its own slice (no races); :func:`_col2im_sample` does one.
+    """
+    n_ = out.shape[0]
+    m = oh * ow
+    for n in prange(n_):
+        _col2im_sample(cols[:, n * m:(n + 1) * m], kh, kw, sh, sw, ph, pw, oh, ow, out[n])
+
+
+@njit
+def _col2im_sample(cols, kh, kw, sh, sw, ph, pw, oh, ow, out):
+    """One sample: ``out`` (C, H, W) = the sum of the patches in ``cols`` (C*KH*KW, OH*OW).
+
+    With padding, the sums go into a zero-bordered buffer whose interior is then
+    copied out, so the adding loop needs no bounds test (as in :func:`_im2col_sample`).
+    """
+    c_, h_, w_ = out.shape
+    if ph or pw:
+        acc = np.zeros((c_, h_ + 2 * ph, w_ + 2 * pw), out.dtype)
+    else:
+        acc = out
+        acc[:] = 0
+    for c in range(c_):
+        for a in range(kh):
+            for b in range(kw):
+                r = (c * kh + a) * kw + b
+                for i in range(oh):
+                    y = i * sh + a
+                    if sw == 1:
+                        for j in range(ow):
+                            acc[c, y, j + b] += cols[r, i * ow + j]
+                    else:
+                        for j in range(ow):
+                            acc[c, y, j * sw + b] += cols[r, i * ow + j]
+    if ph or pw:
         for c in range(c_):
-            for a in range(kh):
-                for b in range(kw):
-                    r = (c * kh + a) * kw + b
-                    for i in range(oh):
-                        y = i * sh - ph + a
-                        if 0 <= y < h_:
-                            base = (n * oh + i) * ow
-                            for j in range(ow):
-                                xx = j * sw - pw + b
-                                if 0 <= xx < w_:
-                                    out[n, c, y, xx] += cols[r, base + j]
+            for y in range(h_):
+                for j in range(w_):
+                    out[c, y, j] = acc[c, y + ph, j + pw]
 
 
 # ----------------------------------------------------------- max pooling
