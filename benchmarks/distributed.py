@@ -10,6 +10,8 @@
         --dgc ratio=0.0008 ratio=0.0008,scope=tensor   # tuning: held-out validation images, seeds 0-4
     python benchmarks/distributed.py --only accuracy --seeds 10 --seed-offset 100 --encoding gap16+float16 \
         --dgc ratio=0.0008,scope=tensor               # the report: test set, fresh seeds 100-109
+    python benchmarks/distributed.py --only accuracy --val --seeds 5 --encoding gap16+float16 --schedule cosine \
+        --runs "rank 2" --dgc ratio=0.0008 ratio=0.0008,nesterov=true   # lr decayed to 0 (cosine, per step)
 
 Three parts:
 
@@ -26,7 +28,8 @@ Three parts:
    for a report after tuning). ``--val`` trains on the first 50,000 training images and scores
    on the last 10,000, so settings can be tuned without looking at the test set. ``--dgc SPEC``
    adds DGC rows built from ``key=value`` lists (see :func:`parse_dgc`). The traffic column is the
-   worst (lowest) over the seeds.
+   worst (lowest) over the seeds. ``--schedule cosine`` decays the learning rate from 0.05 to 0
+   over the run, step by step, for every row alike (default ``constant``: 0.05 throughout).
 2. ``overhead``: real time of simulating 8 workers vs single-process training on the same
    global batch; interleaved rounds, medians.
 3. ``dask``: steps per second of a 2-worker Dask LocalCluster vs the simulator with 2 workers.
@@ -65,6 +68,43 @@ def momentum_sgd(ps):
 
 def plain_sgd(ps):   # DGC keeps the momentum itself
     return pk.optim.SGD(ps, lr=0.05)
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+class PerStepLR(pk.train.Callback):
+    """Steps a :class:`prunekit.optim.LRScheduler` after every optimizer step (batch), not every epoch.
+
+    ``make``: ``optimizer -> LRScheduler``, called at the start of training with the trainer's optimizer.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.scheduler = None
+
+    def on_train_begin(self, state):
+        self.scheduler = self.make(state.optimizer)
+
+    def on_batch_end(self, state):
+        self.scheduler.step()
+
+
+def lr_callbacks(schedule, total_steps):
+    """Callbacks that apply ``schedule`` over a run of ``total_steps`` optimizer steps.
+
+    ``"constant"``: none (lr 0.05 throughout). ``"cosine"``: per step, lr = 0.05 (1 + cos(pi t / T)) / 2
+    at step t = 0 .. T - 1 with T = ``total_steps`` (:class:`prunekit.optim.CosineAnnealingLR`), reaching 0
+    after the last step. The rate scales what the optimizer applies, so for DGC (plain SGD on the summed
+    sparse messages) it multiplies the sent update exactly as it multiplies the dense one.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"lr_callbacks(): schedule must be one of {SCHEDULES}, got {schedule!r}.")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"lr_callbacks(): total_steps must be an int >= 1, got {total_steps!r}.")
+    if schedule == "constant":
+        return []
+    return [PerStepLR(lambda opt: pk.optim.CosineAnnealingLR(opt, T_max=total_steps))]
 
 
 def configurations(steps_per_epoch, quick, encoding="int32+float32", seed=0):
@@ -135,13 +175,13 @@ def standard_error(accs, dense_accs):
 
 
 def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32+float32", seed_offset=0,
-                  dgc_specs=(), scored_on="test"):
+                  dgc_specs=(), scored_on="test", schedule="constant"):
     x, y = data
     steps = -(-len(x) // BATCH)
     seed_list = range(seed_offset, seed_offset + seeds)
     print(f"\n{WORKERS} simulated workers, LeNet-300-100, global batch {BATCH}, {epochs} epochs, "
           f"{len(x):,} training images, {len(test[0]):,} {scored_on} images, seeds {seed_list[0]}..{seed_list[-1]}, "
-          f"sparse messages {encoding}")
+          f"sparse messages {encoding}, lr 0.05 {'constant' if schedule == 'constant' else schedule + ' to 0 per step'}")
     print(f"| run | {scored_on} accuracy (mean ± sd) | vs dense (mean ± s.e.) | vs dense (worst seed) | below dense "
           "| gradient compression | traffic vs dense ring | simulated time (s) | real time (s) "
           "| vs dense, seed by seed (pt) |")
@@ -164,7 +204,8 @@ def accuracy_part(data, test, epochs, quick, runs=None, seeds=1, encoding="int32
             _, comp, ef, opt = rows(seed)[i]
             trainer = dist.DataParallelTrainer(lambda: model_fn(seed), opt, dist.Cluster(WORKERS), compressor=comp,
                                                error_feedback=ef)
-            runs_.append(trainer.fit(pk.data.DataLoader(x, y, BATCH, shuffle=True, seed=seed), epochs=epochs))
+            runs_.append(trainer.fit(pk.data.DataLoader(x, y, BATCH, shuffle=True, seed=seed), epochs=epochs,
+                                     callbacks=lr_callbacks(schedule, epochs * steps)))
             accs.append(pk.evaluate(trainer.model, test)["accuracy"])
         dense_accs = accs if dense_accs is None else dense_accs
         mean, sd, diff, worst = seed_summary(accs, dense_accs)
@@ -268,6 +309,9 @@ def main(argv=None):
                    help="extra DGC rows, each 'key=value,...' with keys ratio, momentum, clip_norm, "
                         "warmup_epochs, scope (global|tensor), nesterov (true|false), opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
                         "With --dgc only dense and these rows run, unless --runs names more")
+    p.add_argument("--schedule", default="constant", choices=SCHEDULES,
+                   help="learning rate of the accuracy rows, the same for every row: constant 0.05 (default), or "
+                        "cosine from 0.05 to 0 over the whole run, updated after every step (batch)")
     p.add_argument("--encoding", default="int32+float32", choices=dist.available_encodings(),
                    help="how top-k and DGC messages become bytes")
     args = p.parse_args(argv)
@@ -289,7 +333,7 @@ def main(argv=None):
         x, y, xt, yt = x[:6000], y[:6000], xt[:2000], yt[:2000]
     if "accuracy" in args.only:
         accuracy_part((x, y), (xt, yt), args.epochs, args.quick, args.runs, args.seeds, args.encoding,
-                      args.seed_offset, args.dgc, scored_on)
+                      args.seed_offset, args.dgc, scored_on, args.schedule)
     if "overhead" in args.only:
         overhead_part((x, y), args.rounds, steps=20 if args.quick else 40, encoding=args.encoding)
     if "dask" in args.only:

@@ -266,3 +266,32 @@ def test_distributed_dgc_rows_standard_error_and_new_options():
     for bad in (["--seed-offset", "-1"], ["--dgc", "ratio=2"], ["--dgc", "speed=1"]):
         with pytest.raises(SystemExit):
             db.main(bad)
+
+
+def test_distributed_schedule_option_is_validated_and_cosine_decays_per_step():
+    db = load("distributed")
+    import numpy as np
+
+    import prunekit as pk
+    from prunekit import distributed as dist
+
+    assert db.lr_callbacks("constant", 10) == []
+    for bad in (("linear", 10), ("cosine", 0), ("cosine", 2.5)):
+        with pytest.raises(ValueError, match="lr_callbacks"):
+            db.lr_callbacks(*bad)
+    for bad in (["--schedule", "linear"], ["--schedule"]):
+        with pytest.raises(SystemExit):
+            db.main(bad)
+    # 2 epochs of 4 steps: the rate seen by each step follows 0.05 (1 + cos(pi t / 8)) / 2, then 0
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 2, 32)
+    seen = []
+
+    class Spy(pk.train.Callback):
+        def on_batch_end(self, state):
+            seen.append(state.optimizer.lr)
+
+    trainer = dist.DataParallelTrainer(lambda: pk.models.mlp([4, 2], seed=0), db.momentum_sgd, dist.Cluster(2))
+    trainer.fit((x, y), epochs=2, batch_size=8, callbacks=[Spy()] + db.lr_callbacks("cosine", 8))
+    assert seen == pytest.approx([0.05 * (1 + np.cos(np.pi * t / 8)) / 2 for t in range(8)])
+    assert trainer.optimizer.lr == pytest.approx(0.0, abs=1e-12)
