@@ -124,8 +124,9 @@ def matmul(a, b):
     one thread, 52 us to 8 ms on two). So between 2^18 and :data:`SMALL_PRODUCT`
     multiply-adds the product runs on one thread, set for the calling thread only
     (``openblas_set_num_threads_local``) and reset right after; other threads and
-    the rest of the program keep OpenBLAS's setting. Results are the same: OpenBLAS
-    splits the output, not the sum.
+    the rest of the program keep OpenBLAS's setting. As with any change of thread
+    count, a product may differ from its two-thread result in the last bits (some
+    OpenBLAS kernels block the sum differently on one thread).
     """
     macs = a.size * b.shape[-1] if b.ndim == 2 else SMALL_PRODUCT
     if not _OPENBLAS_SMALL <= macs < SMALL_PRODUCT:
