@@ -58,9 +58,15 @@ def unsupported_reason(model, loss):
             if base is None or type(m).forward is not base.forward:
                 return (f"parameters in {type(m).__name__} ({name or 'the model'}): only Linear and Conv2d "
                         f"have a grouped backward")
-    if not (isinstance(loss, str) or any(loss is f for f in LOSSES.values())):
+    if not is_builtin_loss(loss):
         return "a custom loss: grouped gradients need a built-in per-sample mean ('cross_entropy' or 'mse')"
     return None
+
+
+def is_builtin_loss(loss):
+    """True for a loss named by string or one of prunekit's own: a mean of per-sample losses. A custom
+    callable may add a batch-level term, so neither the fused nor the grouped pass may assume it."""
+    return isinstance(loss, str) or any(loss is f for f in LOSSES.values())
 
 
 class GroupedPass:

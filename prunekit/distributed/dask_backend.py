@@ -107,7 +107,9 @@ class DaskBackend:
                                f"{self.timeout_s * 4:g} s (4 x timeout_s); are the Dask workers alive?") from None
         results = self.client.gather(futures)
         stats = np.zeros((len(shards), 2))
-        out[:] = 0                                                 # the empty shards' gradient
+        for j, (x, _) in enumerate(shards):
+            if len(x) == 0:
+                out[j] = 0                                         # an empty shard's gradient
         for j, (grad, loss_sum, correct) in zip(busy, results):
             if grad.shape != (out.shape[1],):
                 fail("model_fn", f"a model whose parameters match the trainer's ({out.shape[1]} values)",

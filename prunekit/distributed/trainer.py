@@ -40,14 +40,14 @@ import time
 
 import numpy as np
 
-from .._glue import LOSSES, batches, get_loss, is_classification
+from .._glue import batches, get_loss, is_classification
 from .._validate import check_int, check_number, check_option, fail
 from ..tensor import Tensor
 from ..train import Callback, History, TrainState, evaluate
 from .. import nn
 from .comm import COLLECTIVES, Cluster, allreduce_bytes, allreduce_time
 from .compress import Compressor, Layout, get_compressor
-from ._grouped import GroupedPass, unsupported_reason
+from ._grouped import GroupedPass, is_builtin_loss, unsupported_reason
 from .memory import ErrorFeedback
 
 __all__ = ["DataParallelTrainer", "TrainingRun", "Timeline", "equal_shards", "proportional_shards",
@@ -313,9 +313,7 @@ class DataParallelTrainer:
                                     or not isinstance(self.backend, LocalBackend)):
             fail("fuse_shards", "False or 'auto' unless there is no compressor, no batch norm or dropout "
                  "and the local backend", fuse_shards)
-        # a custom loss may not be a per-sample mean (a regulariser, say): then the fused pass would be wrong
-        custom_loss = not (isinstance(loss, str) or any(loss is f for f in LOSSES.values()))
-        self.fused = (fuse_shards is True or (fuse_shards == "auto" and not custom_loss)) and \
+        self.fused = (fuse_shards is True or (fuse_shards == "auto" and is_builtin_loss(loss))) and \
             self.compressor is None and not stochastic and isinstance(self.backend, LocalBackend)
         check_option("group_shards", group_shards, ("auto", True, False))
         if self.fused:
