@@ -53,6 +53,19 @@ def _openblas_libraries():
     return sorted(p for p in paths if ".so" in os.path.basename(p))
 
 
+def _openblas_with(*symbols):
+    """``[(path, CDLL)]`` of the loaded OpenBLAS libraries that export all of ``symbols``."""
+    libs = []
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if all(hasattr(lib, name) for name in symbols):
+            libs.append((path, lib))
+    return libs
+
+
 def install():
     """Make NumPy's OpenBLAS workers sleep right after each job, if possible; returns :func:`status`.
 
@@ -66,14 +79,7 @@ def install():
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         _STATE["reason"] = f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']} set by you: left as it is"
         return status()
-    libs = []
-    for path in _openblas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        if hasattr(lib, "openblas_read_env") and hasattr(lib, "blas_thread_shutdown_"):
-            libs.append((path, lib))
+    libs = _openblas_with("openblas_read_env", "blas_thread_shutdown_")
     if not libs:
         _STATE["reason"] = "no loaded OpenBLAS that can re-read its environment (MKL, or another BLAS)"
         return status()
@@ -101,17 +107,10 @@ _LOCAL = {"set": "not looked up"}
 
 
 def _set_local_threads():
-    """OpenBLAS's per-calling-thread thread count setter (0.3.27+), or None."""
+    """OpenBLAS's per-calling-thread thread count setter (0.3.27+; the first OpenBLAS loaded), or None."""
     if _LOCAL["set"] == "not looked up":
-        _LOCAL["set"] = None
-        for path in _openblas_libraries():
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            if hasattr(lib, "openblas_set_num_threads_local"):
-                _LOCAL["set"] = lib.openblas_set_num_threads_local
-                break
+        libs = _openblas_with("openblas_set_num_threads_local")
+        _LOCAL["set"] = libs[0][1].openblas_set_num_threads_local if libs else None
     return _LOCAL["set"]
 
 
