@@ -58,7 +58,7 @@ from .._registry import Registry
 from .._validate import check_int, check_number, check_option, fail
 from .comm import COLLECTIVES, allgather
 from .encoding import get_encoding
-from .memory import _every_row
+from .memory import _dense_rows, _every_row
 
 __all__ = ["Layout", "Message", "Exchange", "Compressor", "register_compressor", "get_compressor",
            "available_compressors", "TopK", "RandomK", "Threshold", "QSGD", "SignSGD", "FP16", "DGC",
@@ -142,12 +142,7 @@ class Exchange:
     @property
     def sent(self):
         """What each worker's message stands for, ``(n_workers, D)`` (built from ``entries`` for sparse messages)."""
-        if self._sent is not None:
-            return self._sent
-        out = np.zeros((len(self.entries), len(self.total)), dtype=np.float32)
-        for row, (idx, val) in zip(out, self.entries):
-            row[idx] = val
-        return out
+        return self._sent if self._sent is not None else _dense_rows(self.entries, len(self.total))
 
     def __repr__(self):
         return f"Exchange({int(self.bytes_sent.sum()):,} bytes, {self.time_s * 1e3:.3f} ms)"
@@ -261,10 +256,7 @@ def _encoded(compressor, shape, indices, values):
 
 def _decode_sparse(message):
     """Decode every worker's buffer into the dense ``(n_workers, D)`` gradients it stands for."""
-    out = np.zeros(message.shape, dtype=np.float32)
-    for row, (idx, val) in zip(out, _decode_entries(message)):
-        row[idx] = val
-    return out
+    return _dense_rows(_decode_entries(message), message.shape[1])
 
 
 def _decode_entries(message):

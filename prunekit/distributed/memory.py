@@ -29,6 +29,14 @@ import numpy as np
 __all__ = ["ErrorFeedback"]
 
 
+def _dense_rows(entries, d):
+    """The ``(len(entries), d)`` float32 rows that per-worker ``(indices, values)`` stand for (zeros elsewhere)."""
+    out = np.zeros((len(entries), d), dtype=np.float32)
+    for row, (idx, val) in zip(out, entries):
+        row[idx] = val
+    return out
+
+
 def _every_row(workers, n):
     """True when ``workers`` (None or indices) names every one of ``n`` rows in order."""
     if workers is None:
@@ -70,10 +78,7 @@ class ErrorFeedback:
                 row[idx] -= val
             return
         if not isinstance(sent, np.ndarray):
-            dense = np.zeros(np.shape(corrected), dtype=np.float32)
-            for row, (idx, val) in zip(dense, sent):
-                row[idx] = val
-            sent = dense
+            sent = _dense_rows(sent, np.shape(corrected)[1])
         if corrected is self.residual:
             np.subtract(self.residual, sent, out=self.residual)
             return
