@@ -128,17 +128,20 @@ def configurations(steps_per_epoch, quick, encoding="int32+float32", seed=0):
     return rows
 
 
+def _bool(v):
+    return {"1": True, "true": True, "0": False, "false": False}[v.lower()]
+
+
 DGC_KEYS = {"ratio": float, "momentum": float, "clip_norm": float, "warmup_epochs": float, "scope": str,
-            "nesterov": lambda v: {"1": True, "true": True, "0": False, "false": False}[v.lower()],
-            "opt_momentum": float}
+            "nesterov": _bool, "momentum_masking": _bool, "scale_by_lr": _bool, "opt_momentum": float}
 
 
 def parse_dgc(spec, steps_per_epoch, encoding="int32+float32"):
     """A ``--dgc`` row from ``"key=value,..."``: (label, compressor, optimizer).
 
     Keys: ratio, momentum (DGC's own), clip_norm, warmup_epochs (converted to steps),
-    scope ("global" or "tensor"), nesterov (true/false) and opt_momentum (the optimizer's, default 0: DGC keeps the
-    momentum itself). E.g. ``ratio=0.0008,scope=tensor,clip_norm=1``.
+    scope ("global" or "tensor"), nesterov, momentum_masking and scale_by_lr (true/false) and opt_momentum
+    (the optimizer's, default 0: DGC keeps the momentum itself). E.g. ``ratio=0.0008,scope=tensor,clip_norm=1``.
     """
     args = {}
     for item in filter(None, spec.split(",")):
@@ -307,7 +310,8 @@ def main(argv=None):
                         "last 10,000 (held out); the test images are not used")
     p.add_argument("--dgc", nargs="*", default=(), metavar="SPEC",
                    help="extra DGC rows, each 'key=value,...' with keys ratio, momentum, clip_norm, "
-                        "warmup_epochs, scope (global|tensor), nesterov (true|false), opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
+                        "warmup_epochs, scope (global|tensor), nesterov, momentum_masking, scale_by_lr (true|false), "
+                        "opt_momentum; e.g. 'ratio=0.0008,scope=tensor'. "
                         "With --dgc only dense and these rows run, unless --runs names more")
     p.add_argument("--schedule", default="constant", choices=SCHEDULES,
                    help="learning rate of the accuracy rows, the same for every row: constant 0.05 (default), or "

@@ -260,7 +260,10 @@ def test_distributed_dgc_rows_standard_error_and_new_options():
     import prunekit as pk
 
     assert opt(pk.models.mlp([2, 2], seed=0).parameters()).momentum == 0.9
-    for bad in ("ratio", "rate=0.1", "nesterov=maybe", "ratio=x"):
+    _, comp, _ = db.parse_dgc("momentum_masking=false,scale_by_lr=1", 10)
+    assert (comp.momentum_masking, comp.scale_by_lr) == (False, True)
+    assert db.parse_dgc("ratio=0.01", 10)[1].momentum_masking is True
+    for bad in ("ratio", "rate=0.1", "nesterov=maybe", "ratio=x", "scale_by_lr=yes"):
         with pytest.raises(ValueError, match="--dgc"):
             db.parse_dgc(bad, 10)
     for bad in (["--seed-offset", "-1"], ["--dgc", "ratio=2"], ["--dgc", "speed=1"]):

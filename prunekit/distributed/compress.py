@@ -525,12 +525,24 @@ class DGC(_Sparsifier, Compressor):
     its own ``ratio`` of values, at least one, as the paper's reference implementation
     selects; all in one message). ``encoding`` as for :class:`TopK`; v keeps what the
     *decoded* message did not deliver (with ``"gap16+float16"``, the float16 rounding).
+
+    Two switches of the reference implementation's kind, both off by default (the paper):
+
+    - ``momentum_masking=False`` keeps u where v is sent. With masking, a coordinate sent every
+      step has its momentum zeroed every step (at ``ratio=1`` DGC is plain SGD); without, DGC is
+      top-k with error feedback applied to each worker's momentum-SGD update, and equals dense
+      momentum SGD at ``ratio=1``.
+    - ``scale_by_lr=True`` accumulates the update instead of the gradient: u <- m u + lr g, with
+      lr the optimizer's rate at that step (:class:`DataParallelTrainer` sets :attr:`lr` before
+      each step and applies the summed message as the update itself, so it needs plain SGD).
+      Under a decaying schedule a value held back for many steps is then applied with the rates
+      of the steps it came from, not with the (smaller) rate of the step that sends it.
     """
 
     keeps_residual = True
 
     def __init__(self, ratio=0.001, momentum=0.9, clip_norm=None, warmup_steps=0, encoding=DEFAULT_ENCODING,
-                 scope="global", nesterov=False):
+                 scope="global", nesterov=False, momentum_masking=True, scale_by_lr=False):
         self.ratio = _check_ratio(ratio)
         self._set_encoding(encoding)
         self._set_scope(scope)
@@ -540,13 +552,18 @@ class DGC(_Sparsifier, Compressor):
         self.nesterov = bool(nesterov)
         self.clip_norm = None if clip_norm is None else float(check_number("clip_norm", clip_norm, 0, None, "(]"))
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.momentum_masking = bool(momentum_masking)
+        self.scale_by_lr = bool(scale_by_lr)
+        self.lr = None                                # set every step by the trainer when scale_by_lr
         self.step = 0
         self.u = self.v = None
 
     def _args(self):
         return {"ratio": self.ratio, "momentum": self.momentum, "clip_norm": self.clip_norm,
                 "warmup_steps": self.warmup_steps, **self._encoding_arg(), **self._scope_arg(),
-                **({"nesterov": True} if self.nesterov else {})}
+                **({"nesterov": True} if self.nesterov else {}),
+                **({} if self.momentum_masking else {"momentum_masking": False}),
+                **({"scale_by_lr": True} if self.scale_by_lr else {})}
 
     def density(self, step):
         """The fraction of values sent at ``step`` (warm-up then ``ratio``)."""
@@ -569,6 +586,11 @@ class DGC(_Sparsifier, Compressor):
             limit = self.clip_norm / math.sqrt(len(g))
             norms = np.linalg.norm(g, axis=1)
             g = g * np.minimum(1.0, limit / np.maximum(norms, 1e-30))[:, None].astype(np.float32)
+        if self.scale_by_lr:                          # accumulate the update lr g, not the gradient
+            if self.lr is None:
+                fail("lr", "the learning rate of this step, set on DGC(scale_by_lr=True) before compress() "
+                     "(DataParallelTrainer does it)", None)
+            g = g * np.float32(self.lr)
         every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
         if every:                                     # in place: no full-size temporaries
             u, v = self.u, self.v
@@ -590,7 +612,8 @@ class DGC(_Sparsifier, Compressor):
         for row, buf in zip(v, msg["buffers"]):       # keep what the decoded message does not deliver
             sent_idx, sent_val = self.encoding.decode(buf)
             row[sent_idx] -= sent_val
-        np.put_along_axis(u, idx, 0, axis=1)          # momentum factor masking
+        if self.momentum_masking:
+            np.put_along_axis(u, idx, 0, axis=1)      # momentum factor masking
         if not every:
             self.u[w], self.v[w] = u, v
         self.step += 1

@@ -45,6 +45,7 @@ from .._validate import check_int, check_number, check_option, fail
 from ..tensor import Tensor
 from ..train import Callback, History, TrainState, evaluate
 from .. import nn
+from ..optim import SGD
 from .comm import COLLECTIVES, Cluster, allreduce_bytes, allreduce_time
 from .compress import Compressor, Layout, get_compressor
 from ._grouped import GroupedPass, is_builtin_loss, unsupported_reason
@@ -301,6 +302,13 @@ class DataParallelTrainer:
         self.model = model_fn()
         self.optimizer = optimizer_fn(self.model.parameters())
         self._params = self.model.parameters()
+        # DGC(scale_by_lr=True) sends updates (lr already applied): they are applied as they are,
+        # which is what plain SGD would do with them; any other optimizer would change them.
+        self._update_units = bool(getattr(self.compressor, "scale_by_lr", False))
+        if self._update_units and not (isinstance(self.optimizer, SGD) and self.optimizer.momentum == 0
+                                       and self.optimizer.weight_decay == 0):
+            fail("optimizer_fn", f"plain SGD (momentum=0, weight_decay=0) with {self.compressor!r}, which "
+                 "accumulates lr * g and keeps the momentum itself", self.optimizer, TypeError)
         self.layout = Layout.of(self.model)
         if self.compressor is not None:
             self.compressor.bind(n, self.layout)
@@ -388,6 +396,8 @@ class DataParallelTrainer:
             sent = allreduce_bytes(self.collective, len(workers), message)
             comm_time = allreduce_time(self.collective, len(workers), message, self.cluster.network)
         else:
+            if self._update_units:                        # the rate of this step, for DGC's accumulation
+                self.compressor.lr = self.optimizer.lr
             grads = self._grads[:len(workers)]
             # with error feedback and every worker, the grouped pass adds straight into the residual
             folded = self.grouped and self.memory is not None and len(workers) == n
@@ -406,8 +416,12 @@ class DataParallelTrainer:
         bytes_sent[0, workers], bytes_sent[1, workers] = message, sent
         if received:
             for (_, shape, off, size), p in zip(self.layout.entries, self._params):
-                p.grad = total[off:off + size].reshape(shape)
-            self.optimizer.step()
+                if self._update_units:                    # already lr * (momentum-corrected) gradient
+                    p.data -= total[off:off + size].reshape(shape)
+                else:
+                    p.grad = total[off:off + size].reshape(shape)
+            if not self._update_units:
+                self.optimizer.step()
         wait = float(compute[workers].max())
         measured = sizes[workers] > 0
         self._measured[workers[measured]] = sizes[workers][measured] / compute[workers][measured]
