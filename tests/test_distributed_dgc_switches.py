@@ -1,5 +1,5 @@
 """prunekit.distributed: DGC's two switches, ``momentum_masking=False`` (u kept where v is sent)
-and ``scale_by_lr=True`` (u accumulates lr g, the trainer applies the message as the update):
+and ``scale_by_lr=True`` (u accumulates lr g in units of the first rate, the trainer applies the message as the update):
 by hand, against a float64 recurrence, and in the trainer against momentum SGD written out."""
 import numpy as np
 import pytest
@@ -25,26 +25,34 @@ def test_scale_by_lr_accumulates_the_update_and_needs_the_rate():
     g = np.array([[1.0, 0.5]], np.float32)
     with pytest.raises(ValueError, match=r"DGC\.compress\(\): lr must be the learning rate of this step"):
         c.compress(g)
-    c.lr = 0.25
-    np.testing.assert_array_equal(c.compress(g).decompress(), [[0.25, 0.0]])  # lr g, top 1 of 2
-    np.testing.assert_array_equal(c.v, [[0.0, 0.125]])
+    c.lr = 0.0                                                                 # a warm-up from 0: nothing yet
+    np.testing.assert_array_equal(c.compress(g).decompress(), [[0.0, 0.0]])
+    assert c.lr_ref is None and not c.v.any()
+    c.lr = 0.25                                                                # the first nonzero rate: the unit
+    np.testing.assert_array_equal(c.compress(g).decompress(), [[1.0, 0.0]])   # (lr / lr_ref) g, top 1 of 2
+    assert c.lr_ref == 0.25
+    c.lr = 0.125                                                               # u = 0.5 [0, 0.5] + 0.5 g
+    np.testing.assert_array_equal(c.compress(g).decompress(), [[0.0, 1.0]])   # v = [0.5, 1.0] -> index 1
+    np.testing.assert_array_equal(c.v, [[0.5, 0.0]])
     assert "scale_by_lr=True" in repr(c)
 
 
 @pytest.mark.parametrize("masking", [True, False])
 def test_sent_plus_kept_is_the_lr_weighted_accumulation(masking):
-    """Over steps with a changing rate: v + everything sent == the sum of the u_t, u_t = m u + lr_t g_t
-    (u masked where sent, if masking), recomputed in float64 from the same selections."""
+    """Over steps with a changing rate: v + everything sent == the sum of the u_t,
+    u_t = m u + (lr_t / lr_0) g_t (u masked where sent, if masking), recomputed in float64 from the
+    same selections."""
     n, d, m = 3, 400, 0.9
     c = dist.DGC(0.02, momentum=m, momentum_masking=masking, scale_by_lr=True,
                  encoding="int32+float32").bind(n, dist.Layout.flat(d))
     rng = np.random.default_rng(0)
     u, total_u, sent = np.zeros((n, d)), np.zeros((n, d)), np.zeros((n, d))
-    for lr in rng.uniform(0.001, 0.2, 12):
+    rates = rng.uniform(0.001, 0.2, 12)
+    for lr in rates:
         g = rng.standard_normal((n, d)).astype(np.float32)
         c.lr = lr
         out = c.compress(g).decompress()
-        u = m * u + np.float32(lr) * g.astype(np.float64)
+        u = m * u + lr / rates[0] * g.astype(np.float64)
         total_u += u
         if masking:
             u[out != 0] = 0

@@ -532,11 +532,13 @@ class DGC(_Sparsifier, Compressor):
       step has its momentum zeroed every step (at ``ratio=1`` DGC is plain SGD); without, DGC is
       top-k with error feedback applied to each worker's momentum-SGD update, and equals dense
       momentum SGD at ``ratio=1``.
-    - ``scale_by_lr=True`` accumulates the update instead of the gradient: u <- m u + lr g, with
-      lr the optimizer's rate at that step (:class:`DataParallelTrainer` sets :attr:`lr` before
-      each step and applies the summed message as the update itself, so it needs plain SGD).
-      Under a decaying schedule a value held back for many steps is then applied with the rates
-      of the steps it came from, not with the (smaller) rate of the step that sends it.
+    - ``scale_by_lr=True`` accumulates the update instead of the gradient: u <- m u + (lr / lr_ref) g,
+      with lr the optimizer's rate at that step and lr_ref the first nonzero rate seen
+      (:attr:`lr_ref`; the values stay about as large as gradients, where float16 messages are
+      accurate). :class:`DataParallelTrainer` sets :attr:`lr` before each step and applies
+      lr_ref times the summed message as the update itself, so it needs plain SGD. Under a
+      decaying schedule a value held back for many steps is then applied with the rates of the
+      steps it came from, not with the (smaller) rate of the step that sends it.
     """
 
     keeps_residual = True
@@ -555,6 +557,7 @@ class DGC(_Sparsifier, Compressor):
         self.momentum_masking = bool(momentum_masking)
         self.scale_by_lr = bool(scale_by_lr)
         self.lr = None                                # set every step by the trainer when scale_by_lr
+        self.lr_ref = None                            # the first nonzero lr: the unit of u and v
         self.step = 0
         self.u = self.v = None
 
@@ -576,6 +579,7 @@ class DGC(_Sparsifier, Compressor):
         self.u = np.zeros((n_workers, layout.size), dtype=np.float32)
         self.v = np.zeros_like(self.u)
         self.step = 0
+        self.lr_ref = None
         return self
 
     def compress(self, grads, *, workers=None):
@@ -590,7 +594,9 @@ class DGC(_Sparsifier, Compressor):
             if self.lr is None:
                 fail("lr", "the learning rate of this step, set on DGC(scale_by_lr=True) before compress() "
                      "(DataParallelTrainer does it)", None)
-            g = g * np.float32(self.lr)
+            if self.lr_ref is None and self.lr > 0:
+                self.lr_ref = float(self.lr)
+            g = g * np.float32(self.lr / self.lr_ref if self.lr_ref else 0.0)
         every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
         if every:                                     # in place: no full-size temporaries
             u, v = self.u, self.v

@@ -415,8 +415,10 @@ class DataParallelTrainer:
         bytes_sent = np.zeros((2, n), dtype=np.int64)    # own message, all bytes put on the wire
         bytes_sent[0, workers], bytes_sent[1, workers] = message, sent
         if received:
+            if self._update_units:                        # in units of lr_ref: lr * (momentum-corrected) gradient
+                total = total * np.float32(self.compressor.lr_ref or 0.0)
             for (_, shape, off, size), p in zip(self.layout.entries, self._params):
-                if self._update_units:                    # already lr * (momentum-corrected) gradient
+                if self._update_units:
                     p.data -= total[off:off + size].reshape(shape)
                 else:
                     p.grad = total[off:off + size].reshape(shape)
