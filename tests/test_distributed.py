@@ -93,6 +93,34 @@ def test_topk_sampled_selection_is_exact_on_large_vectors():
             assert np.abs(g[i, kept]).min() >= np.sort(np.abs(g[i]))[-k]
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 700), cap=st.integers(1, 60), q=st.floats(0.5, 1.0), seed=st.integers(0, 99))
+def test_topk_candidate_kernel_matches_its_numpy_reference(n, cap, q, seed):
+    """Lengths on and off the 64-value blocks, caps below and above the count, ties at the cut."""
+    from prunekit.distributed.compress import _candidates_kernel, _candidates_reference
+
+    row = np.round(np.random.default_rng(seed).standard_normal(n), 1).astype(np.float32)
+    cut = np.float32(np.quantile(np.abs(row), q)) if n else np.float32(1.0)
+    a, b = np.full(cap, -1, np.intp), np.full(cap, -1, np.intp)
+    found = _candidates_kernel(row, cut, a)
+    assert found == _candidates_reference(row, cut, b) == int((np.abs(row) >= cut).sum())
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_dgc_accumulate_kernel_equals_its_numpy_reference_exactly(nesterov):
+    from prunekit.distributed.compress import _dgc_accumulate_kernel, _dgc_accumulate_reference
+
+    rng = np.random.default_rng(int(nesterov))
+    u, v, g = (rng.standard_normal(1001).astype(np.float32) for _ in range(3))
+    u2, v2 = u.copy(), v.copy()
+    _dgc_accumulate_kernel(u, v, g, np.float32(0.9), nesterov)
+    _dgc_accumulate_reference(u2, v2, g, np.float32(0.9), nesterov)
+    np.testing.assert_array_equal(u, u2)
+    np.testing.assert_array_equal(v, v2)
+    assert not np.array_equal(u, g)                  # it did something
+
+
 def test_randomk_shares_indices_and_is_allreducible():
     g = grads(4, 100)
     c = dist.RandomK(0.1, seed=3)

