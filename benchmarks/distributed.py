@@ -12,6 +12,8 @@
         --dgc ratio=0.0008,scope=tensor               # the report: test set, fresh seeds 100-109
     python benchmarks/distributed.py --only accuracy --val --seeds 5 --encoding gap16+float16 --schedule cosine \
         --runs "rank 2" --dgc ratio=0.0008 ratio=0.0008,nesterov=true   # lr decayed to 0 (cosine, per step)
+    python benchmarks/distributed.py --only accuracy --seeds 10 --seed-offset 500 --epochs 10 --schedule cosine \
+        --encoding gap16+float16 --dgc ratio=0.002,momentum_masking=false,scale_by_lr=true   # #11's DGC report
 
 Three parts:
 

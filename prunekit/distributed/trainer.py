@@ -266,6 +266,9 @@ class DataParallelTrainer:
     that is valid (True: raise where it is not). ``gradient_path`` says how each step computes
     the gradients: "fused" (one pass, only their sum), "grouped" (one pass, every worker's own)
     or "shard by shard (<why neither applies>)"; ``fused`` and ``grouped`` are the same as bools.
+    With ``DGC(scale_by_lr=True)`` the trainer gives the compressor the optimizer's rate before
+    every step and applies the summed message as the update itself (so the optimizer must be
+    plain SGD: momentum 0, no weight decay; a TypeError says so otherwise).
     """
 
     def __init__(self, model_fn, optimizer_fn, cluster, *, compressor=None, error_feedback=False,
