@@ -594,12 +594,12 @@ class DGC(_Sparsifier, Compressor):
     selects; all in one message). ``encoding`` as for :class:`TopK`; v keeps what the
     *decoded* message did not deliver (with ``"gap16+float16"``, the float16 rounding).
 
-    Two switches of the reference implementation's kind, both off by default (the paper):
+    Two switches; their defaults give the paper's algorithm:
 
     - ``momentum_masking=False`` keeps u where v is sent. With masking, a coordinate sent every
       step has its momentum zeroed every step (at ``ratio=1`` DGC is plain SGD); without, DGC is
       top-k with error feedback applied to each worker's momentum-SGD update, and equals dense
-      momentum SGD at ``ratio=1``.
+      momentum SGD at ``ratio=1`` (the reference implementation has the same switch).
     - ``scale_by_lr=True`` accumulates the update instead of the gradient: u <- m u + (lr / lr_ref) g,
       with lr the optimizer's rate at that step and lr_ref the first nonzero rate seen
       (:attr:`lr_ref`; the values stay about as large as gradients, where float16 messages are
