@@ -668,15 +668,12 @@ class DGC(_Sparsifier, Compressor):
         every = _every_row(workers, len(self.u)) and g.shape == self.u.shape
         if every:                                     # in place, one pass: no full-size temporaries
             u, v = self.u, self.v
-            g = np.ascontiguousarray(g, dtype=np.float32)
-            _dgc_accumulate_kernel(u.reshape(-1), v.reshape(-1), g.reshape(-1), np.float32(self.momentum),
-                                   self.nesterov)
         else:                                         # backup workers: only their rows, copied
             w = np.asarray(workers)
-            u = np.float32(self.momentum) * self.u[w] + g
-            v = self.v[w] + (g if self.nesterov else u)
-            if self.nesterov:                         # the same order of additions as in place
-                v += np.float32(self.momentum) * u
+            u, v = self.u[w], self.v[w]
+        g = np.ascontiguousarray(g, dtype=np.float32)
+        _dgc_accumulate_kernel(u.reshape(-1), v.reshape(-1), g.reshape(-1), np.float32(self.momentum),
+                               self.nesterov)
         idx = _select(v, self.density(self.step), self.layout, self.scope)
         msg = _encoded(self, g.shape, idx, np.take_along_axis(v, idx, 1))
         for row, buf in zip(v, msg["buffers"]):       # keep what the decoded message does not deliver

@@ -417,16 +417,14 @@ class DataParallelTrainer:
             total, message, sent, comm_time = self._communicate(grads, workers, compensated=folded)
         bytes_sent = np.zeros((2, n), dtype=np.int64)    # own message, all bytes put on the wire
         bytes_sent[0, workers], bytes_sent[1, workers] = message, sent
-        if received:
-            if self._update_units:                        # in units of lr_ref: lr * (momentum-corrected) gradient
-                total = total * np.float32(self.compressor.lr_ref or 0.0)
+        if received and self._update_units:              # in units of lr_ref: lr * (momentum-corrected) gradient
+            update = total * np.float32(self.compressor.lr_ref or 0.0)
             for (_, shape, off, size), p in zip(self.layout.entries, self._params):
-                if self._update_units:
-                    p.data -= total[off:off + size].reshape(shape)
-                else:
-                    p.grad = total[off:off + size].reshape(shape)
-            if not self._update_units:
-                self.optimizer.step()
+                p.data -= update[off:off + size].reshape(shape)
+        elif received:
+            for (_, shape, off, size), p in zip(self.layout.entries, self._params):
+                p.grad = total[off:off + size].reshape(shape)
+            self.optimizer.step()
         wait = float(compute[workers].max())
         measured = sizes[workers] > 0
         self._measured[workers[measured]] = sizes[workers][measured] / compute[workers][measured]
